@@ -1,0 +1,94 @@
+"""Datasets by name, and batched augmentation.
+
+``get_dataset(name, split, root=..., image_size=...)`` returns an :class:`ImageSet`
+(uint8 ``N x 3 x S x S`` images and labels, ``-1`` where a set has none) or, for
+ImageNet, a lazily decoded :class:`FolderImageSet`. ``DATASETS[name]`` describes each
+dataset: splits, classes, native size and the normalisation constants its encoders use.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from utils import UserError
+
+from .augment import NViews, SimCLRAugment, to_float
+from .base import FolderImageSet, ImageSet, iterate_batches
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    offline: bool
+    splits: tuple[str, ...]
+    native_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+def _grey(m: float, s: float):
+    return (m, m, m), (s, s, s)
+
+
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
+    DatasetInfo("digits", 10, True, ("train", "test"), 8, *_grey(0.305, 0.319),
+                "scikit-learn's 8x8 handwritten digits, white on black (offline)"),
+    DatasetInfo("digitsm", 10, True, ("train", "test"), 8, (0.399, 0.366, 0.361), (0.302, 0.256, 0.270),
+                "the digits blended over natural-photo crops, MNIST-M style (offline)"),
+    DatasetInfo("patches", 0, True, ("train", "test"), 32, (0.432, 0.443, 0.396), (0.365, 0.283, 0.307),
+                "unlabeled crops of scikit-learn's sample photographs (offline)"),
+    DatasetInfo("cifar10", 10, False, ("train", "test"), 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                "CIFAR-10 (python version)"),
+    DatasetInfo("cifar100", 100, False, ("train", "test"), 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                "CIFAR-100 (python version)"),
+    DatasetInfo("svhn", 10, False, ("train", "test", "extra"), 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                "SVHN cropped digits (.mat)"),
+    DatasetInfo("stl10", 10, False, ("train", "test", "unlabeled", "train+unlabeled"), 96, (0.4467, 0.4398, 0.4066),
+                (0.2603, 0.2566, 0.2713), "STL-10 (binary)"),
+    DatasetInfo("mnist", 10, False, ("train", "test"), 28, *_grey(0.1307, 0.3081), "MNIST (idx)"),
+    DatasetInfo("fashionmnist", 10, False, ("train", "test"), 28, *_grey(0.2860, 0.3530), "Fashion-MNIST (idx)"),
+    DatasetInfo("imagenet", 1000, False, ("train", "val"), 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                "ImageNet as an ImageFolder with train/ and val/", test_split="val"),
+]}
+
+OFFLINE = tuple(n for n, d in DATASETS.items() if d.offline)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def get_dataset(name: str, split: str, *, root: Optional[str | os.PathLike] = None,
+                image_size: Optional[int] = None, download: bool = False,
+                verify: Optional[bool] = None):
+    """Load split ``split`` of dataset ``name`` at ``image_size`` px (default: native size).
+
+    Offline datasets ignore ``root``. Real datasets read the standard on-disk formats under
+    ``root`` (``-data DIR``); see :mod:`data_aug.real` for the layout. ``verify`` checks the
+    official files' md5 (default on; see ``SSLSTEAL_SKIP_MD5`` in :mod:`data_aug.real`).
+    """
+    info = dataset_info(name)
+    if split not in info.splits:
+        raise UserError(f"dataset {name} has no split {split!r}; use one of {', '.join(info.splits)}")
+    size = int(image_size or info.native_size)
+    if size < 4:
+        raise UserError(f"--image-size {size} is too small; use at least 8 px")
+    if info.offline:
+        from .offline import load_offline
+
+        return load_offline(name, split, size)
+    from .real import load_real
+
+    kwargs = {} if verify is None else {"verify": verify}
+    return load_real(name, root, split, size, download=download, **kwargs)
+
+
+__all__ = ["DATASETS", "OFFLINE", "DatasetInfo", "dataset_info", "get_dataset", "ImageSet",
+           "FolderImageSet", "iterate_batches", "SimCLRAugment", "NViews", "to_float"]

@@ -1,0 +1,208 @@
+"""Linear evaluation of a frozen encoder on a downstream dataset.
+
+The encoder is frozen three ways (parameters without grad, eval mode so BatchNorm uses
+its running statistics, forward passes under no_grad) and checked unchanged afterwards.
+Features are computed once; a multinomial logistic regression is trained on them.
+
+The probe is made fair between encoders: features are standardised (train-split mean and
+std per dimension) so that the scale of a representation does not decide the result,
+and the L2 penalty is picked from a small grid on a held-out fifth of the training split
+before the final fit on the whole split. Without this a randomly initialised encoder can
+look far worse than it is (pitfalls.md 3).
+
+Examples:
+  python linear_eval.py --checkpoint runs/victim_digitsm_resnet18_w16_s0/checkpoint.pt
+  python linear_eval.py --checkpoint CKPT --modeltype victim random pixels   # a comparison table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_aug import dataset_info, get_dataset, iterate_batches, to_float
+from models import build_encoder, load_encoder
+from utils import (HelpFormatter, UserError, accuracy, add_common_args, append_jsonl, pick_device,
+                   run_cli, seed_everything, setup_threads)
+
+DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@torch.no_grad()
+def extract_features(encoder: Optional[nn.Module], dataset, *, device: torch.device,
+                     batch_size: int = 512, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representations ``N x D`` (float32, CPU) and labels of a whole dataset.
+
+    ``encoder=None`` returns the raw pixels in [0, 1], flattened (the pixel baseline).
+    """
+    feats, labels = [], []
+    for images, y, _ in iterate_batches(dataset, batch_size, device=device, workers=workers):
+        x = to_float(images)
+        out = x.flatten(1) if encoder is None else encoder(x)
+        feats.append(out.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int) -> nn.Linear:
+    """Full-batch L-BFGS on cross-entropy + ``l2 * ||W||^2`` (deterministic)."""
+    linear = nn.Linear(x.shape[1], num_classes).to(x.device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return linear
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+              num_classes: int, l2_grid: Sequence[float] = DEFAULT_L2_GRID, max_iter: int = 300,
+              seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Standardise, choose the L2 penalty on a held-out fifth of train, refit, evaluate.
+
+    Returns ``{"top1", "top5", "train_top1", "l2", "val_top1_by_l2"}`` (accuracies in %).
+    """
+    device = torch.device(device)
+    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    xtr, xte = ((train_x - mean) / std).to(device), ((test_x - mean) / std).to(device)
+    ytr, yte = train_y.to(device), test_y.to(device)
+    perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed)).to(device)
+    n_val = max(1, len(ytr) // 5)
+    val_idx, fit_idx = perm[:n_val], perm[n_val:]
+    scores = {}
+    for l2 in l2_grid:
+        lin = _fit_logreg(xtr[fit_idx], ytr[fit_idx], num_classes, l2, max_iter)
+        with torch.no_grad():
+            scores[l2] = accuracy(lin(xtr[val_idx]), ytr[val_idx])[0]
+    best = max(l2_grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger penalty
+    lin = _fit_logreg(xtr, ytr, num_classes, best, max_iter)
+    with torch.no_grad():
+        top1, top5 = accuracy(lin(xte), yte, topk=(1, 5))
+        train_top1 = accuracy(lin(xtr), ytr)[0]
+    return {"top1": top1, "top5": top5, "train_top1": train_top1, "l2": best,
+            "val_top1_by_l2": {str(k): v for k, v in scores.items()}}
+
+
+def freeze(encoder: nn.Module) -> dict:
+    """Freeze an encoder (no grad, eval mode) and return a copy of its state for the check."""
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def assert_unchanged(encoder: nn.Module, before: dict) -> None:
+    """Every parameter and buffer (BatchNorm statistics included) is as before the probe."""
+    for k, v in encoder.state_dict().items():
+        if not torch.equal(v, before[k]):
+            raise AssertionError(f"the frozen encoder changed during linear evaluation: {k}")
+
+
+def linear_probe(encoder: Optional[nn.Module], train_set, test_set, *, device: torch.device,
+                 seed: int = 0, batch_size: int = 512, workers: int = 0, **probe_kwargs) -> dict:
+    """Linear evaluation of a frozen ``encoder`` (``None``: raw pixels); a metrics dict."""
+    t0 = time.perf_counter()
+    before = None
+    if encoder is not None:
+        encoder = encoder.to(device)
+        before = freeze(encoder)
+    num_classes = train_set.num_classes
+    if not num_classes:
+        raise UserError(f"{train_set.name} has no labels; pick a labelled --dataset-test")
+    xtr, ytr = extract_features(encoder, train_set, device=device, batch_size=batch_size, workers=workers)
+    xte, yte = extract_features(encoder, test_set, device=device, batch_size=batch_size, workers=workers)
+    metrics = fit_probe(xtr, ytr, xte, yte, num_classes=num_classes, seed=seed, device=device, **probe_kwargs)
+    if encoder is not None:
+        assert_unchanged(encoder, before)
+    metrics.update(feature_dim=int(xtr.shape[1]), n_train=len(ytr), n_test=len(yte),
+                   seconds=round(time.perf_counter() - t0, 2))
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", default=None,
+                   help="encoder checkpoint (e.g. a victim's <logdir>/checkpoint.pt); the random "
+                        "baseline takes its architecture from it")
+    p.add_argument("--modeltype", nargs="+", default=["victim"], choices=["victim", "stolen", "random", "pixels"],
+                   help="what to evaluate: the checkpoint's encoder (victim or stolen), the same "
+                        "architecture at random initialisation, or raw pixels; several give a table")
+    p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
+    p.add_argument("--dataset-test", dest="dataset_test", default=None,
+                   help="downstream dataset (default: the checkpoint's training dataset)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resolution fed to the encoder (default: the checkpoint's training resolution)")
+    p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512,
+                   help="batch size for feature extraction")
+    p.add_argument("--results", default=None,
+                   help="JSON-lines file to append one record per evaluation to "
+                        "(default: <checkpoint dir>/linear_eval.jsonl)")
+    add_common_args(p)
+    return p
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device, args.gpu_index)
+    setup_threads()
+    seed_everything(args.seed)
+    encoder, ckpt_config = None, {}
+    if args.checkpoint:
+        encoder, _, ckpt = load_encoder(args.checkpoint)
+        ckpt_config = ckpt.get("config", {}) or {}
+    elif any(m in ("victim", "stolen", "random") for m in args.modeltype):
+        raise UserError("--modeltype victim/stolen/random needs --checkpoint PATH (the encoder, or the "
+                        "architecture for the random baseline)")
+    dataset_test = args.dataset_test or ckpt_config.get("dataset")
+    if dataset_test is None:
+        raise UserError("name the downstream dataset with --dataset-test")
+    image_size = args.image_size or ckpt_config.get("image_size")
+    info = dataset_info(dataset_test)
+    train_set = get_dataset(dataset_test, info.train_split, root=args.data, image_size=image_size)
+    test_set = get_dataset(dataset_test, info.test_split, root=args.data, image_size=image_size)
+    results_path = Path(args.results) if args.results else (
+        Path(args.checkpoint).parent / "linear_eval.jsonl" if args.checkpoint else Path("linear_eval.jsonl"))
+    records = []
+    for modeltype in args.modeltype:
+        if modeltype in ("victim", "stolen"):
+            model = encoder
+        elif modeltype == "random":
+            torch.manual_seed(args.seed)
+            from models.checkpoint import encoder_kwargs
+
+            model = build_encoder(**encoder_kwargs(encoder))
+        else:
+            model = None
+        metrics = linear_probe(model, train_set, test_set, device=device, seed=args.seed,
+                               batch_size=args.batch_size, workers=args.workers)
+        record = {"modeltype": modeltype, "dataset_test": dataset_test, "checkpoint": args.checkpoint,
+                  "image_size": train_set.image_size, "seed": args.seed, "metrics": metrics,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_jsonl(results_path, record)
+        records.append(record)
+        print(f"{modeltype:>8s} on {dataset_test}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+              f"(features {metrics['feature_dim']}-d, L2 {metrics['l2']:g}, {metrics['seconds']:.1f}s)", flush=True)
+    if len(records) > 1:
+        print("\n| encoder | top-1 % | top-5 % |\n|---|---|---|")
+        for r in records:
+            print(f"| {r['modeltype']} | {r['metrics']['top1']:.1f} | {r['metrics']['top5']:.1f} |")
+    print(f"results appended to {results_path}")
+    return records
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,22 @@
+"""Encoders, heads and self-describing checkpoints.
+
+``build_encoder(arch, stem=..., width=...)`` returns a module mapping images to the
+representation ``(N, D)``; heads come from :func:`build_mlp`; checkpoints are written and
+read by :mod:`models.checkpoint`.
+"""
+from .resnet import RESNET_SPECS, STEMS, ResNetEncoder
+from .heads import build_mlp, simclr_head_dims
+from .checkpoint import (CheckpointError, build_head, load_checkpoint, load_encoder,
+                         load_state_dict_strict, save_checkpoint, strip_prefixes)
+
+ARCHS = tuple(RESNET_SPECS)
+
+
+def build_encoder(arch: str, **kwargs) -> ResNetEncoder:
+    """Build an encoder by name (``resnet18``, ``resnet34``, ``resnet50``)."""
+    return ResNetEncoder(arch, **kwargs)
+
+
+__all__ = ["ARCHS", "STEMS", "ResNetEncoder", "build_encoder", "build_mlp", "simclr_head_dims",
+           "build_head", "save_checkpoint", "load_checkpoint", "load_encoder",
+           "load_state_dict_strict", "strip_prefixes", "CheckpointError"]

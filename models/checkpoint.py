@@ -1,0 +1,194 @@
+"""Self-describing checkpoints.
+
+A checkpoint is a plain dict of tensors and primitive values, so it loads with
+``torch.load(..., weights_only=True)`` (a checkpoint is untrusted input: a pickle that
+would run code is refused). Layout::
+
+    {"format": "sslsteal/1",
+     "encoder": {"kwargs": {"arch": ..., "stem": ..., "width": ...}, "state_dict": {...}},
+     "head":    {"kwargs": {"dims": [...], ...}, "state_dict": {...}} or None,
+     "epoch": completed epochs, "step": optimizer steps,
+     "optimizer": ..., "scaler": ..., "config": {...}, ...extra keys}
+
+``load_encoder(path)`` rebuilds the encoder from the file alone. Plain state dicts from
+other code (torchvision, the reference's ``{"state_dict": ...}``, SimSiam's
+``module.encoder.*``) are accepted when the caller names the architecture; prefixes are
+stripped and any missing or unexpected key is named in the error.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from utils import UserError, atomic_path
+
+from .heads import build_mlp
+from .resnet import ResNetEncoder
+
+FORMAT = "sslsteal/1"
+KNOWN_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, unsafe or of the wrong architecture."""
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    # torch.compile wraps in OptimizedModule (._orig_mod); DDP/DataParallel in .module
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def encoder_kwargs(encoder: nn.Module) -> dict:
+    enc = _unwrap(encoder)
+    if not isinstance(enc, ResNetEncoder):
+        raise TypeError(f"cannot describe encoder of type {type(enc).__name__}")
+    return {"arch": enc.arch, "stem": enc.stem, "width": enc.width,
+            "in_channels": enc.conv1.in_channels, "mean": enc.mean, "std": enc.std}
+
+
+def save_checkpoint(path: os.PathLike | str, *, encoder: nn.Module, head: Optional[nn.Module] = None,
+                    head_kwargs: Optional[dict] = None, **state: Any) -> Path:
+    """Write a self-describing checkpoint atomically (temp file, then rename).
+
+    ``head_kwargs`` are the :func:`build_mlp` arguments that rebuild ``head``.
+    ``state`` holds the rest: epoch, step, optimizer, scaler, config, ...
+    """
+    if head is not None and head_kwargs is None:
+        raise ValueError("saving a head needs the head_kwargs that rebuild it")
+    payload = {
+        "format": FORMAT,
+        "encoder": {"kwargs": encoder_kwargs(encoder), "state_dict": _unwrap(encoder).state_dict()},
+        "head": None if head is None else {"kwargs": dict(head_kwargs),
+                                           "state_dict": _unwrap(head).state_dict()},
+    }
+    payload.update(state)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint safely; every failure becomes one clear :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path "
+                              f"(a run writes its checkpoint as <logdir>/checkpoint.pt)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects other than tensors and plain "
+            f"values, so it may run code when unpickled; only load checkpoints you trust "
+            f"after converting them to a plain state dict") from err
+    except Exception as err:  # torch raises many types (RuntimeError, EOFError, IndexError, ...)
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a "
+                              f"PyTorch checkpoint ({type(err).__name__})") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    return obj
+
+
+def strip_prefixes(state_dict: dict, prefixes: Iterable[str] = KNOWN_PREFIXES) -> dict:
+    """Remove wrapper prefixes (``module.``, ``_orig_mod.``) wherever they lead a key."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict, what: str = "model",
+                           ignore_unexpected: Iterable[str] = ()) -> None:
+    """Load strictly, naming missing/unexpected keys and shape mismatches in one sentence.
+
+    Keys starting with any prefix in ``ignore_unexpected`` (e.g. ``fc.``) are dropped first.
+    """
+    drop = tuple(ignore_unexpected)
+    sd = {k: v for k, v in strip_prefixes(state_dict).items() if not (drop and k.startswith(drop))}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong:
+        problems.append("shape mismatches " + _short(
+            [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
+    if problems:
+        raise CheckpointError(f"the weights do not fit this {what}: " + "; ".join(problems)
+                              + "; check --arch/--width/--stem against the checkpoint")
+    module.load_state_dict(sd, strict=True)
+
+
+def _short(items: list, n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return f"[{shown}{', ... (%d more)' % (len(items) - n) if len(items) > n else ''}]"
+
+
+def build_head(kwargs: dict) -> nn.Sequential:
+    return build_mlp(**kwargs)
+
+
+def load_encoder(path: os.PathLike | str, *, arch: Optional[str] = None, stem: Optional[str] = None,
+                 width: Optional[int] = None, with_head: bool = False, map_location: Any = "cpu"):
+    """Rebuild the encoder (and optionally its head) from a checkpoint file.
+
+    Returns ``(encoder, head_or_None, checkpoint_dict)``. When ``arch``/``stem``/``width`` are
+    given they must agree with the file, or a :class:`CheckpointError` says which differs.
+    A foreign state dict (no ``format`` key) needs ``arch``: it is loaded into that
+    architecture, with ``fc.*`` keys (a classifier) ignored.
+    """
+    ckpt = load_checkpoint(path, map_location=map_location)
+    expected = {k: v for k, v in {"arch": arch, "stem": stem, "width": width}.items() if v is not None}
+    if ckpt.get("format") == FORMAT:
+        kwargs = dict(ckpt["encoder"]["kwargs"])
+        for key, value in expected.items():
+            if kwargs.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {path} holds a {kwargs.get('arch')} encoder with {key}="
+                    f"{kwargs.get(key)!r}, but {key}={value!r} was asked for; pass the "
+                    f"checkpoint's {key} or a checkpoint of the requested architecture")
+        encoder = ResNetEncoder(**kwargs)
+        load_state_dict_strict(encoder, ckpt["encoder"]["state_dict"], what=f"{kwargs['arch']} encoder")
+        head = None
+        if with_head:
+            if ckpt.get("head") is None:
+                raise CheckpointError(f"checkpoint {path} has no projection head; "
+                                      f"it cannot answer head queries")
+            head = build_head(ckpt["head"]["kwargs"])
+            load_state_dict_strict(head, ckpt["head"]["state_dict"], what="projection head")
+        return encoder, head, ckpt
+
+    # A foreign file: a bare state dict or {"state_dict": ...}.
+    if arch is None:
+        raise CheckpointError(f"{path} is not an sslsteal checkpoint; name its architecture "
+                              f"with --arch (and --stem/--width) to load it as a plain state dict")
+    sd = ckpt.get("state_dict", ckpt)
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors (keys: {_short(sorted(sd)[:8])})")
+    sd = strip_prefixes(sd, KNOWN_PREFIXES + ("encoder.", "backbone."))
+    encoder = ResNetEncoder(arch, stem=stem or "cifar", width=width or 64)
+    load_state_dict_strict(encoder, sd, what=f"{arch} encoder", ignore_unexpected=("fc.",))
+    if with_head:
+        raise CheckpointError(f"{path} is a plain state dict without a projection head description")
+    return encoder, None, ckpt

@@ -1,0 +1,140 @@
+"""Train a SimCLR victim encoder.
+
+Examples:
+  python run.py --dataset digitsm                       # offline data, CPU defaults, minutes
+  python run.py -data DATA --dataset cifar10            # the paper's setup (GPU recommended)
+  python run.py --dataset digitsm --resume              # continue an interrupted run
+
+The run directory (--logdir) receives, in this order: config.yaml, train.log,
+metrics.jsonl (one JSON line per epoch), tb/ (TensorBoard) and checkpoint.pt (written
+atomically after every epoch; `--resume` continues from it). Later scripts read the
+victim with `--victim-checkpoint <logdir>/checkpoint.pt`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from data_aug import SimCLRAugment, dataset_info, get_dataset
+from models import build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint, simclr_head_dims
+from models.checkpoint import encoder_kwargs
+from simclr import Precision, SimCLRModel, epoch_batches, fit, simclr_step
+from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add_model_args, get_logger,
+                   pick_device, prepare_run_dir, resolve_scale, run_cli, seed_everything, setup_threads,
+                   str2bool, write_config)
+
+# run.py's own scale-dependent defaults (see utils.SCALE_PRESETS for the shared ones)
+PRESETS = {
+    "cpu": {"epochs": 60, "batch_size": 128, "lr": 2e-3, "temperature": 0.2, "crop_min_scale": 0.25},
+    "paper": {"epochs": 200, "batch_size": 256, "lr": 3e-4, "temperature": 0.07, "crop_min_scale": 0.08},
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_data_args(p)
+    add_model_args(p)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (by scale: cpu 60, paper 200)")
+    p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=None,
+                   help="images per batch; each gives --n-views views (by scale: cpu 128, paper 256)")
+    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
+                   help="peak Adam learning rate of the cosine schedule (by scale: cpu 2e-3, paper 3e-4)")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4,
+                   help="Adam weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear learning-rate warm-up before the cosine decay, in epochs")
+    p.add_argument("--out_dim", type=int, default=128, help="output size of the projection head g")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="InfoNCE temperature tau (by scale: cpu 0.2, paper 0.07)")
+    p.add_argument("--n-views", dest="n_views", type=int, default=2, help="augmented views per image (>= 2)")
+    p.add_argument("--losstype", default="infonce", choices=["infonce"],
+                   help="victim training loss (SimCLR's InfoNCE)")
+    p.add_argument("--crop-min-scale", type=float, default=None,
+                   help="smallest area fraction of the random resized crop (by scale: cpu 0.25, "
+                        "paper 0.08 as SimCLR); tiny images lose the object below ~0.2")
+    p.add_argument("--fp16-precision", action="store_true",
+                   help="mixed precision (float16 autocast + GradScaler); CUDA only, ignored on CPU")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision: auto = on for CUDA, off on CPU; --fp16-precision means on")
+    p.add_argument("--logdir", default=None,
+                   help="run directory (default: runs/victim_<dataset>_<arch>_w<width>_s<seed>)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=str2bool,
+                   help="continue from <logdir>/checkpoint.pt if it exists (from its last completed epoch)")
+    p.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
+                   help="start over even if <logdir> already holds a checkpoint (it is replaced)")
+    p.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
+    add_common_args(p)
+    return p
+
+
+def main(argv=None) -> Path:
+    args = build_parser().parse_args(argv)
+    config = resolve_scale(args, PRESETS)
+    if config["n_views"] < 2:
+        raise UserError(f"SimCLR needs at least 2 views per image, got --n-views {config['n_views']}")
+    if config["fp16_precision"]:
+        config["amp"] = "on"
+    device = pick_device(config["device"], config["gpu_index"])
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    if config["logdir"] is None:
+        config["logdir"] = (f"runs/victim_{config['dataset']}_{config['arch']}_w{config['width']}"
+                            f"_s{config['seed']}")
+    run_dir = prepare_run_dir(config["logdir"])
+    ckpt_path = run_dir / "checkpoint.pt"
+    start = None
+    if ckpt_path.exists():
+        if config["resume"]:
+            start = load_checkpoint(ckpt_path)
+        elif not config["clear"]:
+            raise UserError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                            f"--clear to start over, or another --logdir")
+    write_config(run_dir, config)
+    logger = get_logger(run_dir)
+    logger.info(f"run directory {run_dir} on {device}")
+
+    info = dataset_info(config["dataset"])
+    train_set = get_dataset(config["dataset"], info.train_split, root=config["data"],
+                            image_size=config["image_size"], download=config["download"])
+    if len(train_set) < config["batch_size"]:
+        raise UserError(f"{config['dataset']} has {len(train_set)} training images, fewer than one batch "
+                        f"of {config['batch_size']}; lower -b/--batch-size")
+    logger.info(f"{train_set!r}")
+
+    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"],
+                            mean=info.mean, std=info.std)
+    head_kwargs = {"dims": simclr_head_dims(encoder.out_dim, config["out_dim"])}
+    model = SimCLRModel(encoder, build_mlp(**head_kwargs))
+    if start is not None:
+        if start.get("encoder", {}).get("kwargs") != encoder_kwargs(encoder):
+            raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than "
+                            f"these flags build; resume with the original flags or use --clear")
+        load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
+        load_state_dict_strict(model.head, start["head"]["state_dict"], what="projection head")
+    model.to(device)
+    precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0))
+    n_params = sum(p.numel() for p in encoder.parameters())
+    logger.info(f"{config['arch']} width {config['width']} ({config['stem']} stem): {n_params / 1e6:.2f}M "
+                f"encoder parameters, {encoder.out_dim}-d representation; amp {precision.enabled}")
+
+    def save(state: dict) -> None:
+        save_checkpoint(ckpt_path, encoder=encoder, head=model.head, head_kwargs=head_kwargs,
+                        kind="simclr", dataset=config["dataset"], config=config, **state)
+
+    fit(step=simclr_step(model, augment, n_views=config["n_views"], temperature=config["temperature"]),
+        batches=epoch_batches(train_set, config["batch_size"], device, workers=config["workers"]),
+        steps_per_epoch=len(train_set) // config["batch_size"], modules=[model], optimizer=optimizer,
+        epochs=config["epochs"], base_lr=config["lr"], warmup_epochs=config["warmup_epochs"],
+        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, start=start,
+        desc="simclr", log_every_n_steps=config["log_every_n_steps"])
+    logger.info(f"victim checkpoint: {ckpt_path}")
+    return ckpt_path
+
+
+if __name__ == "__main__":
+    run_cli(main)

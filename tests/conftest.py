@@ -1,0 +1,24 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# keep tests fast and deterministic on 2 cores
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_script(*args, env=None, cwd=None, timeout=600):
+    """Run one of the project's scripts in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def script():
+    return run_script

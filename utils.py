@@ -1,0 +1,306 @@
+"""Small shared helpers: user-facing errors, the CLI wrapper, seeding, device choice,
+atomic file writes, run directories and config files.
+
+Everything here is device-agnostic library code; scripts decide the device once in
+``main()`` and pass it on.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+
+class UserError(Exception):
+    """A problem with the user's input (flags, paths, files).
+
+    The CLI wrapper prints its message as one sentence and exits with status 2,
+    without a traceback unless ``--debug`` is given.
+    """
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def str2bool(value: Any) -> bool:
+    """Parse the reference's string booleans (``True``/``False``) and the usual spellings."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "y", "on"}:
+        return True
+    if text in {"false", "0", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults in ``--help`` and keeps the description's line breaks."""
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every script shares; defined once here."""
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for every random generator; on CPU the same seed gives the same run")
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--gpu-index", type=int, default=None,
+                        help="reference spelling: CUDA device index (same as --device cuda:N)")
+    parser.add_argument("-j", "--workers", type=int, default=0,
+                        help="DataLoader worker processes for on-disk image folders "
+                             "(in-memory datasets are batched directly and need none)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line error messages")
+
+
+def run_cli(main: Callable[[Optional[list]], Any], argv: Optional[list] = None) -> None:
+    """Run ``main`` and turn a :class:`UserError` into one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        main(argv)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; the last completed epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------- randomness, device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch once, from ``--seed``."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:  # numpy is a requirement, but seeding should not depend on it
+        pass
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (e.g. run seed and epoch)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+def pick_device(spec: str = "auto", gpu_index: Optional[int] = None) -> torch.device:
+    """Choose the device once. ``auto`` means CUDA when available."""
+    if gpu_index is not None and spec == "auto":
+        spec = f"cuda:{gpu_index}"
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise UserError(f"--device {spec!r} is not a device name; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec} asked for CUDA but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def setup_threads() -> None:
+    """Use every core for intra-op parallelism on CPU (torch may default to fewer)."""
+    n = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(n)
+
+
+# -------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str):
+    """Yield a temporary path next to ``path``; rename it over ``path`` only on success.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def append_jsonl(path: os.PathLike | str, record: dict) -> None:
+    """Append one JSON line (a single small write, so lines never interleave halfway)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return repr(obj)
+
+
+# ------------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(path: os.PathLike | str) -> Path:
+    """Create the run directory and check that it is writable, with a clear error if not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"cannot write to the run directory {path} ({err.strerror or err}); "
+            f"pass a writable directory with --logdir"
+        ) from err
+    return path
+
+
+def write_config(run_dir: os.PathLike | str, config: dict) -> Path:
+    """Write ``config.yaml`` into the run directory (atomically)."""
+    import yaml
+
+    clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(clean, sort_keys=True))
+    return path
+
+
+def get_logger(run_dir: Optional[os.PathLike | str], name: str = "sslsteal",
+               filename: str = "train.log") -> logging.Logger:
+    """A logger printing to stdout and, when ``run_dir`` is given, appending to a file there.
+
+    Handlers are replaced on every call, so several runs in one process each log to
+    their own file (the reference configured logging only once per process).
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if run_dir is not None:
+        fh = logging.FileHandler(Path(run_dir) / filename)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1,)) -> list[float]:
+    """Top-k accuracy in percent over all samples (not a mean of per-batch means)."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    correct = pred.eq(target.view(-1, 1))
+    return [correct[:, : min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
+
+
+# ------------------------------------------------------------- shared flags, presets
+
+# Defaults that depend on the scale of a run. ``cpu`` is for the offline datasets (minutes
+# on 2 cores); ``paper`` is the paper's setup (a GPU and the real data). ``--scale auto``
+# picks ``cpu`` for offline datasets and ``paper`` otherwise. A flag the user typed always
+# wins; the resolved values are written to config.yaml.
+SCALE_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"arch": "resnet18", "width": 16, "image_size": 16},
+    "paper": {"arch": "resnet34", "width": 64, "image_size": 32},
+}
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = "digitsm") -> None:
+    from data_aug import DATASETS
+
+    parser.add_argument("-data", "--data", dest="data", metavar="DIR", default=None,
+                        help="root directory of the real datasets (see README: Data); "
+                             "not needed for the offline datasets digits, digitsm, patches")
+    parser.add_argument("--dataset", default=dataset_default, choices=sorted(DATASETS), metavar="NAME",
+                        help="training dataset: " + ", ".join(DATASETS))
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="working resolution in px (every image is resized once); "
+                             "cpu scale 16, paper scale 32 (224 for imagenet)")
+    parser.add_argument("--download", action="store_true",
+                        help="download a missing real dataset into -data DIR (needs internet)")
+    parser.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
+                        help="preset for the defaults marked 'by scale': cpu (offline data, "
+                             "narrow ResNet, minutes on a CPU) or paper (the paper's setup); "
+                             "auto = cpu for offline datasets, paper otherwise")
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    from models import ARCHS, STEMS
+
+    parser.add_argument("-a", "--arch", default=None, choices=ARCHS,
+                        help="encoder architecture (by scale: cpu resnet18, paper resnet34)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="channels of the first ResNet stage; 64 is the standard ResNet, "
+                             "16 trains in minutes on a CPU (by scale: cpu 16, paper 64)")
+    parser.add_argument("--stem", default=None, choices=STEMS,
+                        help="cifar: 3x3 conv, no max-pool (small images); imagenet: 7x7 conv and "
+                             "max-pool (224 px). Default: imagenet for 224 px and up, else cifar")
+
+
+def resolve_scale(args: argparse.Namespace, script_presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return a config dict: the parsed flags, with each ``None`` filled from the scale preset.
+
+    The namespace itself is not changed. ``script_presets`` adds a script's own
+    scale-dependent defaults to the shared ones.
+    """
+    from data_aug import DATASETS
+
+    config = dict(vars(args))
+    scale = config.get("scale", "auto")
+    if scale == "auto":
+        scale = "cpu" if DATASETS[config["dataset"]].offline else "paper"
+    preset = {**SCALE_PRESETS[scale], **script_presets.get(scale, {})}
+    if config["dataset"] == "imagenet":
+        preset.update(image_size=224, arch="resnet50")
+    for key, value in preset.items():
+        if config.get(key) is None:
+            config[key] = value
+    if config.get("stem") is None:
+        config["stem"] = "imagenet" if config["image_size"] >= 128 else "cifar"
+    config["scale"] = scale
+    return config
