@@ -27,8 +27,10 @@ from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add
 
 # run.py's own scale-dependent defaults (see utils.SCALE_PRESETS for the shared ones)
 PRESETS = {
-    "cpu": {"epochs": 60, "batch_size": 128, "lr": 2e-3, "temperature": 0.2, "crop_min_scale": 0.25},
-    "paper": {"epochs": 200, "batch_size": 256, "lr": 3e-4, "temperature": 0.07, "crop_min_scale": 0.08},
+    "cpu": {"epochs": 80, "batch_size": 128, "lr": 2e-3, "temperature": 0.2, "crop_min_scale": 0.8,
+            "hflip_p": 0.0},
+    "paper": {"epochs": 200, "batch_size": 256, "lr": 3e-4, "temperature": 0.07, "crop_min_scale": 0.08,
+              "hflip_p": 0.5},
 }
 
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (by scale: cpu 60, paper 200)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (by scale: cpu 80, paper 200)")
     p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=None,
                    help="images per batch; each gives --n-views views (by scale: cpu 128, paper 256)")
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
@@ -52,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--losstype", default="infonce", choices=["infonce"],
                    help="victim training loss (SimCLR's InfoNCE)")
     p.add_argument("--crop-min-scale", type=float, default=None,
-                   help="smallest area fraction of the random resized crop (by scale: cpu 0.25, "
-                        "paper 0.08 as SimCLR); tiny images lose the object below ~0.2")
+                   help="smallest area fraction of the random resized crop (by scale: cpu 0.8, "
+                        "paper 0.08 as SimCLR); on 16 px digits small crops keep only the background")
+    p.add_argument("--hflip-p", type=float, default=None,
+                   help="probability of a horizontal flip (by scale: cpu 0 because digits are not "
+                        "mirror-symmetric, paper 0.5 as SimCLR)")
     p.add_argument("--fp16-precision", action="store_true",
                    help="mixed precision (float16 autocast + GradScaler); CUDA only, ignored on CPU")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
@@ -117,7 +122,8 @@ def main(argv=None) -> Path:
     model.to(device)
     precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0))
+    augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0),
+                            flip_p=config["hflip_p"])
     n_params = sum(p.numel() for p in encoder.parameters())
     logger.info(f"{config['arch']} width {config['width']} ({config['stem']} stem): {n_params / 1e6:.2f}M "
                 f"encoder parameters, {encoder.out_dim}-d representation; amp {precision.enabled}")

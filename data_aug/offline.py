@@ -30,6 +30,8 @@ _BLEND_SEED = 20220    # crops behind digitsm
 _PATCH_SEEDS = {"train": 7, "test": 8}
 # side of the square photo crops, in photo pixels, before resizing to the working size
 CROP_SIDES = (24, 160)
+# side of the square photo crops, in photo pixels, before resizing to the working size
+CROP_SIDES = (24, 160)
 BACKGROUND_POOL = None
 
 
@@ -57,7 +59,7 @@ def _photos() -> tuple[torch.Tensor, ...]:
 
 
 def _random_crops(n: int, size: int, seed: int) -> torch.Tensor:
-    """``n`` square crops of random side in [min_crop, max_crop] from the photographs,
+    """``n`` square crops of random side in ``CROP_SIDES`` from the photographs,
     randomly flipped, resized to ``size``: uint8 ``n x 3 x size x size``."""
     g = torch.Generator().manual_seed(seed)
     photos = _photos()

@@ -87,6 +87,9 @@ def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not a forbidden object: the bytes are simply not a checkpoint
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a "
+                                  f"PyTorch checkpoint") from err
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain "
             f"values, so it may run code when unpickled; only load checkpoints you trust "
