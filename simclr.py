@@ -110,7 +110,6 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
 
     kill_at = int(os.environ.get(_KILL_AT_STEP, "0") or 0)
     writer = _tensorboard(run_dir, logger) if tensorboard else None
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     for module in modules:
         module.train()
     try:
@@ -168,7 +167,6 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
     finally:
         if writer is not None:
             writer.close()
-    del params
     return FitResult(epochs - first_epoch, epochs, history)
 
 

@@ -279,7 +279,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, prefix: str = "") -> None
                              "8 trains in minutes on a CPU (by scale: cpu 8, paper 64)")
     parser.add_argument("--stem", default=None, choices=STEMS,
                         help="cifar: 3x3 conv, no max-pool (small images); imagenet: 7x7 conv and "
-                             "max-pool (224 px). Default: imagenet for 224 px and up, else cifar")
+                             "max-pool (224 px). Default: imagenet from 128 px up, else cifar")
 
 
 def resolve_scale(args: argparse.Namespace, script_presets: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """End-to-end tests of run.py on tiny settings (width 4, 8 px, a few steps)."""
 import json
-import os
 
 import pytest
 import torch
