@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolution fed to the encoder (default: the checkpoint's training resolution)")
     p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512,
                    help="batch size for feature extraction")
+    p.add_argument("--label", default=None, help="name of this encoder in the printed table and results")
+    p.add_argument("--summarize", metavar="RESULTS", default=None,
+                   help="only print a table of the evaluations recorded in this results file")
     p.add_argument("--results", default=None,
                    help="JSON-lines file to append one record per evaluation to "
                         "(default: <checkpoint dir>/linear_eval.jsonl)")
@@ -154,8 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_table(records: list[dict]) -> None:
+    print("\n| encoder | dataset | top-1 % | top-5 % |\n|---|---|---|---|")
+    for r in records:
+        print(f"| {r.get('label') or r['modeltype']} | {r['dataset_test']} | {r['metrics']['top1']:.1f} "
+              f"| {r['metrics']['top5']:.1f} |")
+
+
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    if args.summarize:
+        path = Path(args.summarize)
+        if not path.is_file():
+            raise UserError(f"results file {path} does not exist")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        print_table(records)
+        return records
     device = pick_device(args.device, args.gpu_index)
     setup_threads()
     seed_everything(args.seed)
@@ -188,17 +206,16 @@ def main(argv=None) -> list[dict]:
             model = None
         metrics = linear_probe(model, train_set, test_set, device=device, seed=args.seed,
                                batch_size=args.batch_size, workers=args.workers)
-        record = {"modeltype": modeltype, "dataset_test": dataset_test, "checkpoint": args.checkpoint,
+        label = args.label if args.label and len(args.modeltype) == 1 else None
+        record = {"modeltype": modeltype, "label": label, "dataset_test": dataset_test, "checkpoint": args.checkpoint,
                   "image_size": train_set.image_size, "seed": args.seed, "metrics": metrics,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_jsonl(results_path, record)
         records.append(record)
-        print(f"{modeltype:>8s} on {dataset_test}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+        print(f"{label or modeltype:>8s} on {dataset_test}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
               f"(features {metrics['feature_dim']}-d, L2 {metrics['l2']:g}, {metrics['seconds']:.1f}s)", flush=True)
     if len(records) > 1:
-        print("\n| encoder | top-1 % | top-5 % |\n|---|---|---|")
-        for r in records:
-            print(f"| {r['modeltype']} | {r['metrics']['top1']:.1f} | {r['metrics']['top5']:.1f} |")
+        print_table(records)
     print(f"results appended to {results_path}")
     return records
 
