@@ -14,7 +14,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -220,14 +219,6 @@ def get_logger(run_dir: Optional[os.PathLike | str], name: str = "sslsteal",
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (1,)) -> list[float]:
