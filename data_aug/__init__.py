@@ -29,6 +29,9 @@ class DatasetInfo:
     description: str
     train_split: str = "train"
     test_split: str = "test"
+    # the last `holdout` images of the test split are the evaluation set when the victim's own
+    # test split is used for queries (the reference keeps CIFAR10's last 1,000 out)
+    holdout: int = 1000
 
 
 def _grey(m: float, s: float):
@@ -37,9 +40,9 @@ def _grey(m: float, s: float):
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("digits", 10, True, ("train", "test"), 8, *_grey(0.305, 0.319),
-                "scikit-learn's 8x8 handwritten digits, white on black (offline)"),
+                "scikit-learn's 8x8 handwritten digits, white on black (offline)", holdout=200),
     DatasetInfo("digitsm", 10, True, ("train", "test"), 8, (0.399, 0.366, 0.361), (0.302, 0.256, 0.270),
-                "the digits blended over natural-photo crops, MNIST-M style (offline)"),
+                "the digits blended over natural-photo crops, MNIST-M style (offline)", holdout=200),
     DatasetInfo("patches", 0, True, ("train", "test"), 32, (0.432, 0.443, 0.396), (0.365, 0.283, 0.307),
                 "unlabeled crops of scikit-learn's sample photographs (offline)"),
     DatasetInfo("cifar10", 10, False, ("train", "test"), 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
@@ -90,5 +93,23 @@ def get_dataset(name: str, split: str, *, root: Optional[str | os.PathLike] = No
     return load_real(name, root, split, size, download=download, **kwargs)
 
 
-__all__ = ["DATASETS", "OFFLINE", "DatasetInfo", "dataset_info", "get_dataset", "ImageSet",
+def split_holdout(test, holdout: Optional[int] = None):
+    """Split a test set into ``(query part, evaluation part)``: the last ``holdout`` images are
+    the evaluation set (the dataset's ``holdout``, at most half the split, when ``None``).
+
+    Stealing from the victim's own dataset queries the first part; the linear probe tests
+    on the second, so no encoder is evaluated on images it was stolen with.
+    """
+    n = len(test)
+    if holdout is None:
+        holdout = min(dataset_info(test.name).holdout, n // 2)
+    if not 0 < holdout < n:
+        raise UserError(f"--holdout {holdout} must be between 1 and {n - 1} "
+                        f"(the {test.name} {test.split} split has {n} images)")
+    end = n - holdout
+    return (test.subset(range(end), split=f"{test.split}[:{end}]"),
+            test.subset(range(end, n), split=f"{test.split}[{end}:]"))
+
+
+__all__ = ["split_holdout", "DATASETS", "OFFLINE", "DatasetInfo", "dataset_info", "get_dataset", "ImageSet",
            "FolderImageSet", "iterate_batches", "SimCLRAugment", "NViews", "to_float"]

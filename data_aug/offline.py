@@ -5,7 +5,7 @@ are deterministic (fixed generator seeds, independent of ``--seed``), and come a
 resolution with 3 channels:
 
 * ``digits``  - scikit-learn's 1,797 real 8x8 handwritten digits (grey levels 0-16),
-  upsampled, white on black; a fixed stratified split of 1,297 train / 500 test.
+  upsampled, white on black; a fixed stratified split of 1,097 train / 700 test.
 * ``digitsm`` - the same digits blended over random crops of scikit-learn's two bundled
   photographs (``china.jpg``, ``flower.jpg``) as in MNIST-M: ``|patch - digit|`` per
   channel. Colour and texture now vary more than the digit does, so raw pixels are a
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .base import ImageSet, resize_uint8, to_rgb_uint8
 
-DIGITS_TEST_SIZE = 500
+DIGITS_TEST_SIZE = 700
 PATCHES_SIZES = {"train": 5000, "test": 1000}
 _SPLIT_SEED = 0        # stratified train/test split of the digits
 _BLEND_SEED = 20220    # crops behind digitsm

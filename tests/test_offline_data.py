@@ -21,9 +21,9 @@ def test_offline_shapes(name, size):
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
     tr, te = get_dataset("digits", "train", image_size=8), get_dataset("digits", "test", image_size=8)
-    assert len(tr) == 1297 and len(te) == 500
+    assert len(tr) == 1097 and len(te) == 700
     counts = torch.bincount(te.labels, minlength=10)
-    assert counts.min() >= 48 and counts.max() <= 52  # stratified: 50 per class
+    assert counts.min() >= 68 and counts.max() <= 72  # stratified: 70 per class
     # disjoint: no test image appears in train
     trs = {bytes(x.numpy()) for x in tr.images}
     assert not any(bytes(x.numpy()) in trs for x in te.images)
@@ -59,7 +59,7 @@ def test_iterate_batches_order_and_drop_last():
     ds = get_dataset("digits", "test", image_size=8)
     g = torch.Generator().manual_seed(0)
     seen = [idx for _, _, idx in iterate_batches(ds, 64, shuffle=True, drop_last=True, generator=g)]
-    assert len(seen) == 500 // 64 and all(len(i) == 64 for i in seen)
+    assert len(seen) == 700 // 64 and all(len(i) == 64 for i in seen)
     allidx = torch.cat(seen)
     assert len(set(allidx.tolist())) == len(allidx)
     x, y, idx = next(iterate_batches(ds, 10))

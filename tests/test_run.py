@@ -22,7 +22,7 @@ def test_tiny_training_run_writes_everything(tmp_path, script):
     assert [l["epoch"] for l in lines] == [1, 2, 3]
     assert all({"loss", "lr", "seconds", "images_per_s"} <= set(l) for l in lines)
     ckpt = load_checkpoint(logdir / "checkpoint.pt")
-    assert ckpt["epoch"] == 3 and ckpt["step"] == 3 * (1297 // 64)
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 3 * (1097 // 64)
     assert ckpt["encoder"]["kwargs"]["arch"] == "resnet18" and ckpt["head"] is not None
     assert "simclr epoch 3/3 loss" in (logdir / "train.log").read_text()
     assert list((logdir / "tb").glob("events.*"))
@@ -38,7 +38,7 @@ def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, script):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     r = script("run.py", *TINY, "--logdir", full)
     assert r.returncode == 0, r.stderr
-    steps_per_epoch = 1297 // 64
+    steps_per_epoch = 1097 // 64
     # SIGKILL in the middle of epoch 2 (after 1.5 epochs of optimizer steps)
     r = script("run.py", *TINY, "--logdir", crashed,
                env={"SSLSTEAL_KILL_AT_STEP": str(steps_per_epoch + steps_per_epoch // 2)})

@@ -1,0 +1,22 @@
+"""Steal a downstream classifier from its labels (the paper's label-only baseline).
+
+The victim is the victim encoder plus a linear probe on the downstream task; it answers
+only the predicted label of each query. The attacker trains its own classifier from
+scratch on those labels (``--mode standard``: cross-entropy, Adam), then the script
+reports accuracy, fidelity and the FGSM transfer rate to the victim. Every flag, and the
+knockoff mode (``--mode knockoff --modeloutput logits``), is shared with ``knockoff.py``.
+
+Examples:
+  python steallabels.py --dataset digitsm --num_queries 500
+  python steallabels.py --victim-checkpoint CKPT --modeloutput logits --mode knockoff
+"""
+from knockoff import main as _main
+from utils import run_cli
+
+
+def main(argv=None) -> dict:
+    return _main(argv, mode="standard", output="labels", doc=__doc__)
+
+
+if __name__ == "__main__":
+    run_cli(main)
