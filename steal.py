@@ -57,11 +57,11 @@ STEAL_DEFAULTS: dict[str, dict[str, dict]] = {
         "symmetrized": {"batch_size": 256, "lr": 0.05, "optimizer": "sgd", "n_views": 2},
     },
     "cpu": {
-        "*": {"epochs": 100, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "n_views": 1,
-              "temperature": 0.1},
+        "*": {"epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "n_views": 1,
+              "temperature": 0.2},
         "supcon": {"n_views": 2},
         "barlow": {"n_views": 2},
-        "symmetrized": {"lr": 0.05, "optimizer": "sgd", "n_views": 2},
+        "symmetrized": {"n_views": 2},
     },
 }
 PER_LOSS_KEYS = ("epochs", "batch_size", "lr", "optimizer", "n_views", "temperature")

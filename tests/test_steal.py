@@ -145,12 +145,13 @@ def test_missing_default_victim_says_how_to_make_one(tmp_path, monkeypatch):
 
 
 def test_per_loss_defaults_are_visible_and_typed_values_win(tiny_victim, tmp_path):
-    assert "symmetrized: lr 0.05, optimizer sgd, n_views 2" in steal.build_parser().format_help()
+    assert "symmetrized: batch_size 256, lr 0.05, optimizer sgd, n_views 2" in steal.build_parser().format_help()
     ckpt = steal.main(["--victim-checkpoint", str(tiny_victim), "--losstype", "symmetrized", "--lr", "0.01",
-                       "--num_queries", "32", "-b", "16", "--epochs", "1", "--device", "cpu",
+                       "--scale", "paper", "--num_queries", "32", "--epochs", "1", "--device", "cpu",
                        "--logdir", str(tmp_path / "s")])
     config = load_checkpoint(ckpt)["config"]
     assert config["lr"] == 0.01 and config["optimizer"] == "sgd" and config["n_views"] == 2
+    assert config["batch_size"] == 256 and "batch_size" in config["defaults_filled"]
     assert "lr" not in config["defaults_filled"] and "optimizer" in config["defaults_filled"]
     assert (tmp_path / "s" / "config.yaml").read_text().count("optimizer: sgd") == 1
 
