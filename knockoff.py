@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

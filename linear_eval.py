@@ -17,7 +17,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_aug import dataset_info, get_dataset, iterate_batches, split_holdout, to_float
+from tqdm import tqdm
+
+from data_aug import DATASETS, SimCLRAugment, dataset_info, get_dataset, iterate_batches, split_holdout, to_float
 from models import build_encoder, load_encoder
-from utils import (HelpFormatter, UserError, accuracy, add_common_args, append_jsonl, pick_device,
+from utils import (HelpFormatter, UserError, accuracy, add_common_args, append_jsonl, pick_device, read_jsonl,
                    run_cli, seed_everything, setup_threads)
 
 DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -156,6 +157,61 @@ def linear_probe(encoder: Optional[nn.Module], train_set, test_set, *, device: t
     return metrics
 
 
+def augmented_probe(encoder: nn.Module, train_set, test_set, *, device: torch.device, seed: int = 0,
+                    epochs: int = 100, lr: float = 1e-3, batch_size: int = 256,
+                    freeze_backbone: bool = True) -> dict:
+    """A linear probe trained through augmented images (random crops of at least 80% of the
+    area, and flips for the real datasets) on a frozen encoder, with Adam and cross-entropy.
+
+    The features are standardised with the statistics of the un-augmented training set.
+    ``freeze_backbone=False`` exists to show that the unchanged-backbone check fires.
+    """
+    t0 = time.perf_counter()
+    encoder = encoder.to(device)
+    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    if freeze_backbone:
+        freeze(encoder)
+    else:
+        encoder.train()
+    xtr, _ = extract_features(encoder, train_set, device=device)
+    mean, std = xtr.mean(0, keepdim=True).to(device), xtr.std(0, keepdim=True).clamp_min(1e-6).to(device)
+    probe = Probe(mean, std, nn.Linear(xtr.shape[1], train_set.num_classes)).to(device)
+    params = list(probe.linear.parameters()) + ([] if freeze_backbone else list(encoder.parameters()))
+    optimizer = torch.optim.Adam(params, lr=lr)
+    flip = 0.0 if DATASETS[train_set.name].offline else 0.5
+    augment = SimCLRAugment(train_set.image_size, crop_scale=(0.8, 1.0), flip_p=flip, jitter_p=0.0,
+                            gray_p=0.0, blur_p=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc="probe", leave=False, disable=None):
+        for images, labels, _ in iterate_batches(train_set, batch_size, shuffle=True, generator=gen, device=device):
+            x = augment(images, gen).to(device)
+            with torch.set_grad_enabled(not freeze_backbone):
+                feats = encoder(x)
+            loss = F.cross_entropy(probe(feats.float()), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    encoder.eval()
+    xte, yte = extract_features(encoder, test_set, device=device)
+    with torch.no_grad():
+        top1, top5 = accuracy(probe(xte.to(device)), yte.to(device), topk=(1, 5))
+    assert_unchanged(encoder, before)
+    return {"top1": top1, "top5": top5, "augment": True, "epochs": epochs, "lr": lr, "feature_dim": int(xtr.shape[1]),
+            "n_train": len(train_set), "n_test": len(yte), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def default_checkpoint(args, modeltype: str) -> Path:
+    """Where run.py / steal.py put a checkpoint by default, from the reference-style flags."""
+    from utils import SCALE_PRESETS
+
+    dataset = args.dataset or "digitsm"
+    if modeltype == "stolen":
+        return Path("runs") / (f"steal_{args.losstype}_{args.num_queries}_{args.datasetsteal or dataset}"
+                               f"_s{args.seed}") / "checkpoint.pt"
+    preset = SCALE_PRESETS["cpu" if dataset in DATASETS and DATASETS[dataset].offline else "paper"]
+    return Path("runs") / f"victim_{dataset}_{preset['arch']}_w{preset['width']}_s{args.seed}" / "checkpoint.pt"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None,
@@ -165,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to evaluate: the checkpoint's encoder (victim or stolen), the same "
                         "architecture at random initialisation, or raw pixels; several give a table")
     p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
+    g = p.add_argument_group("finding the checkpoint without --checkpoint (the reference's flags)")
+    g.add_argument("--dataset", default=None, help="the victim's dataset (default digitsm)")
+    g.add_argument("--datasetsteal", default=None, help="the stolen copy's query dataset (default: --dataset)")
+    g.add_argument("--losstype", default="infonce", help="the stolen copy's loss")
+    g.add_argument("--num_queries", type=int, default=500, help="the stolen copy's query count")
+    p.add_argument("--augment", action="store_true",
+                   help="train the linear layer through augmented images (crops) for --epochs instead "
+                        "of once on fixed features; the backbone stays frozen")
+    p.add_argument("--epochs", type=int, default=100, help="probe epochs with --augment")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe with --augment")
     p.add_argument("--dataset-test", dest="dataset_test", default=None,
                    help="downstream dataset (default: the checkpoint's training dataset)")
     p.add_argument("--image-size", type=int, default=None,
@@ -177,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512,
                    help="batch size for feature extraction")
     p.add_argument("--label", default=None, help="name of this encoder in the printed table and results")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra field stored in each result record (repeatable), e.g. --tag table=table2")
     p.add_argument("--summarize", metavar="RESULTS", default=None,
                    help="only print a table of the evaluations recorded in this results file")
     p.add_argument("--results", default=None,
@@ -199,13 +267,24 @@ def main(argv=None) -> list[dict]:
         path = Path(args.summarize)
         if not path.is_file():
             raise UserError(f"results file {path} does not exist")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = read_jsonl(path)
         print_table(records)
         return records
+    tags = {}
+    for tag in args.tag:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise UserError(f"--tag {tag!r} is not KEY=VALUE")
+        tags[key] = value
     device = pick_device(args.device, args.gpu_index)
     setup_threads()
     seed_everything(args.seed)
     encoder, ckpt_config = None, {}
+    if not args.checkpoint and any(m in ("victim", "stolen") for m in args.modeltype):
+        args.checkpoint = str(default_checkpoint(args, "stolen" if "stolen" in args.modeltype else "victim"))
+        if not Path(args.checkpoint).is_file():
+            raise UserError(f"no checkpoint at {args.checkpoint} (derived from --dataset/--datasetsteal/"
+                            f"--losstype/--num_queries/--seed); pass --checkpoint PATH")
     if args.checkpoint:
         encoder, _, ckpt = load_encoder(args.checkpoint)
         ckpt_config = ckpt.get("config", {}) or {}
@@ -234,10 +313,14 @@ def main(argv=None) -> list[dict]:
             model = build_encoder(**encoder_kwargs(encoder))
         else:
             model = None
-        metrics = linear_probe(model, train_set, test_set, device=device, seed=args.seed,
-                               batch_size=args.batch_size, workers=args.workers)
+        if args.augment and model is not None:
+            metrics = augmented_probe(model, train_set, test_set, device=device, seed=args.seed, epochs=args.epochs,
+                                      lr=args.lr, batch_size=min(args.batch_size, 256))
+        else:
+            metrics = linear_probe(model, train_set, test_set, device=device, seed=args.seed,
+                                   batch_size=args.batch_size, workers=args.workers)
         label = args.label if args.label and len(args.modeltype) == 1 else None
-        record = {"modeltype": modeltype, "label": label, "dataset_test": dataset_test, "checkpoint": args.checkpoint,
+        record = {**tags, "modeltype": modeltype, "label": label, "dataset_test": dataset_test, "checkpoint": args.checkpoint,
                   "image_size": train_set.image_size,
                   "eval_set": f"{test_set.split} ({len(test_set)} images)", "seed": args.seed, "metrics": metrics,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

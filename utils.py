@@ -44,7 +44,13 @@ def str2bool(value: Any) -> bool:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults in ``--help`` and keeps the description's line breaks."""
+    """Shows defaults in ``--help`` (except ``None``: those flags say where their default
+    comes from) and keeps the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -151,11 +157,30 @@ def atomic_write_text(path: os.PathLike | str, text: str) -> None:
 
 
 def append_jsonl(path: os.PathLike | str, record: dict) -> None:
-    """Append one JSON line (a single small write, so lines never interleave halfway)."""
+    """Append one JSON line atomically: the file is rewritten to a temporary file with the new
+    line and renamed over the old one, so a crash leaves the old file or the new one, never a
+    half-written line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=_json_default) + "\n")
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + json.dumps(record, default=_json_default) + "\n")
+
+
+def read_jsonl(path: os.PathLike | str) -> list[dict]:
+    """The records of a JSON-lines file ([] if it does not exist); a corrupt line is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path} line {n} is not valid JSON ({err.msg}); fix or delete that line") from None
+    return records
 
 
 def _json_default(obj: Any) -> Any:
