@@ -146,7 +146,7 @@ def claims(data: dict) -> list[tuple[str, bool | None, str]]:
         col = next(iter(rows["direct"]))
         d, h = mean(rows["direct"][col]), mean(rows["recreate_head"].get(col, []))
         out.append(("Direct extraction is at least as good as recreating the head", None if h is None else d >= h,
-                    f"{col}: direct {d:.1f} vs recreate head {h}"))
+                    f"{col}: direct {d:.1f} vs recreate head " + ("-" if h is None else f"{h:.1f}")))
     else:
         out.append(("Direct extraction is at least as good as recreating the head", None, "table1 results missing"))
     scale, rows = first("table7")
