@@ -35,26 +35,15 @@ from torch import nn
 from data_aug import DATASETS, dataset_info, get_dataset, split_holdout, to_float
 from linear_eval import extract_features, train_probe
 from loss import softce
-from models import build_encoder, build_mlp, save_checkpoint
+from models import EncoderWithHead, build_encoder, build_mlp, save_checkpoint
 from simclr import Precision, fit
-from steal import image_batches, load_victim, query_set
-from utils import (HelpFormatter, UserError, accuracy, add_common_args, atomic_write_text, get_logger,
+from steal import image_batches, load_victim, make_optimizer, query_set
+from utils import (HelpFormatter, UserError, add_common_args, atomic_write_text, get_logger,
                    pick_device, prepare_run_dir, run_cli, seed_everything, setup_threads, str2bool, write_config)
 from victim import Victim
 
 MODE_DEFAULTS = {"standard": {"lr": 3e-4, "optimizer": "adam", "epochs": 100},
                  "knockoff": {"lr": 0.1, "optimizer": "sgd", "epochs": 100}}
-
-
-class Classifier(nn.Module):
-    """An encoder followed by a classifier head on its representation."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
 
 
 class ClassifierAPI:
@@ -172,9 +161,10 @@ def main(argv=None, *, mode: str = "knockoff", output: str = "logits", doc: str 
     venc = venc.to(device).eval().requires_grad_(False)
     feats, labels = extract_features(venc, train, device=device)
     probe, _, _ = train_probe(feats, labels, num_classes=info.num_classes, seed=config["seed"], device=device)
-    victim_clf = Classifier(venc, probe).eval()
+    victim_clf = EncoderWithHead(venc, probe).eval()
     x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels.to(device)
-    victim_acc = accuracy(victim_clf(x_eval), y_eval)[0]
+    victim_pred = predict(victim_clf, x_eval)
+    victim_acc = 100 * (victim_pred == y_eval).float().mean().item()
     logger.info(f"victim classifier ({venc.arch} + linear probe on {task}): {victim_acc:.2f}% on {evaluation.split}")
 
     api = Victim(ClassifierAPI(victim_clf, config["modeloutput"], info.num_classes, device),
@@ -192,7 +182,7 @@ def main(argv=None, *, mode: str = "knockoff", output: str = "logits", doc: str 
     qinfo = dataset_info(images.name)
     encoder = build_encoder(arch, stem=venc.stem, width=width, mean=qinfo.mean, std=qinfo.std)
     head_kwargs = {"dims": [encoder.out_dim, info.num_classes]}
-    stolen = Classifier(encoder, build_mlp(**head_kwargs)).to(device)
+    stolen = EncoderWithHead(encoder, build_mlp(**head_kwargs)).to(device)
     batches, steps = image_batches(len(x_q), config["batch_size"])
 
     def step(idx: torch.Tensor, generator: torch.Generator):
@@ -206,16 +196,12 @@ def main(argv=None, *, mode: str = "knockoff", output: str = "logits", doc: str 
         save_checkpoint(run_dir / "checkpoint.pt", encoder=stolen.encoder, head=stolen.head, head_kwargs=head_kwargs,
                         kind="stolen-classifier", dataset=task, config=config, queries_used=api.queries_used, **state)
 
-    if config["optimizer"] == "sgd":
-        opt = torch.optim.SGD(stolen.parameters(), lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
-    else:
-        opt = torch.optim.Adam(stolen.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[stolen], optimizer=opt, epochs=config["epochs"],
+    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[stolen], optimizer=make_optimizer(config, stolen.parameters()), epochs=config["epochs"],
         base_lr=config["lr"], seed=config["seed"], precision=Precision(device), save=save,
         run_dir=run_dir, logger=logger, desc=config["mode"], tensorboard=False)
     stolen.eval()
     with torch.no_grad():
-        stolen_pred, victim_pred = predict(stolen, x_eval), predict(victim_clf, x_eval)
+        stolen_pred = predict(stolen, x_eval)
     results = {
         "mode": config["mode"], "modeloutput": config["modeloutput"], "queries": api.queries_used,
         "victim_top1": victim_acc, "stolen_top1": 100 * (stolen_pred == y_eval).float().mean().item(),

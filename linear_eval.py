@@ -126,6 +126,11 @@ def freeze(encoder: nn.Module) -> dict:
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
+    return snapshot(encoder)
+
+
+def snapshot(encoder: nn.Module) -> dict:
+    """A copy of every parameter and buffer, for :func:`assert_unchanged`."""
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
 
 
@@ -168,10 +173,10 @@ def augmented_probe(encoder: nn.Module, train_set, test_set, *, device: torch.de
     """
     t0 = time.perf_counter()
     encoder = encoder.to(device)
-    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     if freeze_backbone:
-        freeze(encoder)
+        before = freeze(encoder)
     else:
+        before = snapshot(encoder)
         encoder.train()
     xtr, _ = extract_features(encoder, train_set, device=device)
     mean, std = xtr.mean(0, keepdim=True).to(device), xtr.std(0, keepdim=True).clamp_min(1e-6).to(device)

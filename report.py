@@ -76,49 +76,54 @@ def query_series(rows: dict, column: str) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v) for k, v in series.items()}
 
 
-def plot_queries(series: dict, victim: float | None, random_init: float | None, title: str, path: Path) -> None:
+def _save_plot(path: Path, draw, size=(6, 4)) -> None:
+    """Draw on a fresh figure with ``draw(ax)`` and write it as a PNG atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for loss, pts in sorted(series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=ROW_NAMES.get(loss, loss))
-    for value, name, style in ((victim, "victim", "--"), (random_init, "random init", ":")):
-        if value is not None:
-            ax.axhline(value, color="grey", linestyle=style, label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("queries")
-    ax.set_ylabel("linear-probe top-1 %")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_queries(series: dict, victim: float | None, random_init: float | None, title: str, path: Path) -> None:
+    def draw(ax):
+        for loss, pts in sorted(series.items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=ROW_NAMES.get(loss, loss))
+        for value, name, style in ((victim, "victim", "--"), (random_init, "random init", ":")):
+            if value is not None:
+                ax.axhline(value, color="grey", linestyle=style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("queries")
+        ax.set_ylabel("linear-probe top-1 %")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+
+    _save_plot(path, draw)
 
 
 def plot_bars(rows: dict, column: str, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r for r in ROW_NAMES if r in rows and rows[r].get(column)]
     values = [mean(rows[r][column]) for r in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    colors = ["#555555" if n in ("victim", "random") else "#3b75af" for n in names]
-    ax.bar([ROW_NAMES[n] for n in names], values, color=colors)
-    for i, v in enumerate(values):
-        ax.text(i, v + 0.5, f"{v:.1f}", ha="center", fontsize=8)
-    ax.set_ylabel(f"top-1 % on {column}")
-    ax.set_title(title, fontsize=9)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+
+    def draw(ax):
+        colors = ["#555555" if n in ("victim", "random") else "#3b75af" for n in names]
+        ax.bar([ROW_NAMES[n] for n in names], values, color=colors)
+        for i, v in enumerate(values):
+            ax.text(i, v + 0.5, f"{v:.1f}", ha="center", fontsize=8)
+        ax.set_ylabel(f"top-1 % on {column}")
+        ax.set_title(title, fontsize=9)
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_ha("right")
+            label.set_fontsize(8)
+
+    _save_plot(path, draw, size=(6, 3.5))
 
 
 def claims(data: dict) -> list[tuple[str, bool | None, str]]:

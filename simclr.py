@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data_aug import NViews, iterate_batches
 from loss import info_nce_views
+from models import EncoderWithHead
 from utils import append_jsonl, derive_seed
 
 # A batch is whatever ``batches(epoch, generator)`` yields; a step turns one batch into
@@ -182,15 +183,8 @@ def _tensorboard(run_dir: Path, logger):
 # ----------------------------------------------------------------------------- SimCLR
 
 
-class SimCLRModel(nn.Module):
-    """Encoder f and projection head g, kept as separate modules; ``forward`` is g(f(x))."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+SimCLRModel = EncoderWithHead
+"""Encoder f and projection head g, kept as separate modules; ``forward`` is g(f(x))."""
 
 
 def simclr_step(model: nn.Module, augment: Callable, *, n_views: int = 2, temperature: float = 0.07) -> Step:

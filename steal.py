@@ -64,7 +64,6 @@ STEAL_DEFAULTS: dict[str, dict[str, dict]] = {
         "symmetrized": {"n_views": 2},
     },
 }
-PER_LOSS_KEYS = ("epochs", "batch_size", "lr", "optimizer", "n_views", "temperature")
 
 
 def loss_defaults(scale: str, losstype: str) -> dict:

@@ -119,11 +119,10 @@ def main(argv=None) -> Path:
     seed_everything(config["seed"])
     with_head = config["losshead"] == "msewithhead"
     venc, vhead, vckpt = load_victim(config, with_head=with_head)
-    typed_views = config["n_views"]
-    resolve_defaults(config)
-    config["n_views"] = typed_views
+    resolve_defaults(config)  # --n-views has its own default (2), so the per-loss one never replaces it
     if config["n_views"] < 2:
-        raise UserError(f"recreating the head compares two views of each image; use --n-views 2 (got {typed_views})")
+        raise UserError(f"recreating the head compares two views of each image; use --n-views 2 "
+                        f"(got {config['n_views']})")
     config["epochs_head"] = config["epochs_head"] or 2 * config["epochs"]
     images = query_set(config)
     check_loss_inputs(config, images.labels)

@@ -5,7 +5,7 @@ representation ``(N, D)``; heads come from :func:`build_mlp`; checkpoints are wr
 read by :mod:`models.checkpoint`.
 """
 from .resnet import RESNET_SPECS, STEMS, ResNetEncoder
-from .heads import build_mlp, simclr_head_dims
+from .heads import EncoderWithHead, build_mlp, simclr_head_dims
 from .checkpoint import (CheckpointError, build_head, load_checkpoint, load_encoder,
                          load_state_dict_strict, save_checkpoint, strip_prefixes)
 
@@ -17,6 +17,6 @@ def build_encoder(arch: str, **kwargs) -> ResNetEncoder:
     return ResNetEncoder(arch, **kwargs)
 
 
-__all__ = ["ARCHS", "STEMS", "ResNetEncoder", "build_encoder", "build_mlp", "simclr_head_dims",
+__all__ = ["ARCHS", "STEMS", "ResNetEncoder", "build_encoder", "EncoderWithHead", "build_mlp", "simclr_head_dims",
            "build_head", "save_checkpoint", "load_checkpoint", "load_encoder",
            "load_state_dict_strict", "strip_prefixes", "CheckpointError"]

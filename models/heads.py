@@ -33,3 +33,17 @@ def build_mlp(dims: Sequence[int], *, batchnorm: bool = False, last_bn: bool = F
 def simclr_head_dims(in_dim: int, out_dim: int) -> list[int]:
     """SimCLR's projection head g: Linear(d, d) - ReLU - Linear(d, out_dim)."""
     return [in_dim, in_dim, out_dim]
+
+
+class EncoderWithHead(nn.Module):
+    """An encoder f and a head g kept as separate modules; ``forward`` is g(f(x)).
+
+    The SimCLR model (projection head) and a classifier (linear or MLP head) are both this.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x):
+        return self.head(self.encoder(x))

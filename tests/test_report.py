@@ -11,7 +11,7 @@ import report
 import utils
 from data_aug import get_dataset
 from linear_eval import augmented_probe
-from models import build_encoder
+from models import build_encoder, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import tables  # noqa: E402
@@ -94,8 +94,14 @@ def test_tables_skip_finished_probes_and_dry_run_matches_the_paper(tmp_path, cap
     records = [{**probes[0].tags}]
     assert tables.is_done(probes[0], records) and not tables.is_done(probes[1], records)
     # a stealing step is done only when its checkpoint finished all its epochs
-    steal_step = next(s for s in steps if s.script == "steal")
+    ckpt = tmp_path / "steal" / "checkpoint.pt"
+    steal_step = tables.Step("steal", [], done_when=str(ckpt))  # absolute: independent of the checkout's runs/
     assert not tables.is_done(steal_step, [])
+    enc = build_encoder("resnet18", width=4)
+    save_checkpoint(ckpt, encoder=enc, epoch=1, config={"epochs": 2})
+    assert not tables.is_done(steal_step, [])
+    save_checkpoint(ckpt, encoder=enc, epoch=2, config={"epochs": 2})
+    assert tables.is_done(steal_step, [])
 
     tables.main(["table2", "--scale", "paper", "--dry-run"])
     out = capsys.readouterr().out.splitlines()
