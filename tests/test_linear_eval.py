@@ -57,5 +57,6 @@ def test_cli_table_and_results_file(tmp_path, script):
     assert "| pixels |" in r.stdout and "| random |" in r.stdout
     lines = (tmp_path / "linear_eval.jsonl").read_text().splitlines()
     assert len(lines) == 3
-    r = script("linear_eval.py", "--modeltype", "victim")
+    # no --checkpoint: the default victim path (a seed no run uses) does not exist
+    r = script("linear_eval.py", "--modeltype", "victim", "--seed", "987654")
     assert r.returncode == 2 and "--checkpoint" in r.stderr
