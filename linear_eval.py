@@ -8,10 +8,11 @@ The probe is made fair between encoders: features are standardised (train-split 
 std per dimension) so that the scale of a representation does not decide the result,
 and the L2 penalty is picked from a small grid on a held-out fifth of the training split
 before the final fit on the whole split. Without this a randomly initialised encoder can
-look far worse than it is (pitfalls.md 3).
+look far worse than it is (on digitsm, a random width-16 ResNet18 scored 12% with
+unscaled features and 53% with standardised ones).
 
 Examples:
-  python linear_eval.py --checkpoint runs/victim_digitsm_resnet18_w16_s0/checkpoint.pt
+  python linear_eval.py --checkpoint runs/victim_mnistm5k_resnet18_w8_s0/checkpoint.pt
   python linear_eval.py --checkpoint CKPT --modeltype victim random pixels   # a comparison table
 """
 from __future__ import annotations
@@ -207,14 +208,13 @@ def augmented_probe(encoder: nn.Module, train_set, test_set, *, device: torch.de
 
 def default_checkpoint(args, modeltype: str) -> Path:
     """Where run.py / steal.py put a checkpoint by default, from the reference-style flags."""
-    from utils import SCALE_PRESETS
+    from utils import DEFAULT_DATASET, steal_run_dir, victim_run_dir
 
-    dataset = args.dataset or "digitsm"
+    dataset = args.dataset or DEFAULT_DATASET
+    dataset_info(dataset)  # a clear error for an unknown name
     if modeltype == "stolen":
-        return Path("runs") / (f"steal_{args.losstype}_{args.num_queries}_{args.datasetsteal or dataset}"
-                               f"_s{args.seed}") / "checkpoint.pt"
-    preset = SCALE_PRESETS["cpu" if dataset in DATASETS and DATASETS[dataset].offline else "paper"]
-    return Path("runs") / f"victim_{dataset}_{preset['arch']}_w{preset['width']}_s{args.seed}" / "checkpoint.pt"
+        return steal_run_dir(args.losstype, args.num_queries, args.datasetsteal or dataset, args.seed) / "checkpoint.pt"
+    return victim_run_dir(dataset, args.seed) / "checkpoint.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "architecture at random initialisation, or raw pixels; several give a table")
     p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
     g = p.add_argument_group("finding the checkpoint without --checkpoint (the reference's flags)")
-    g.add_argument("--dataset", default=None, help="the victim's dataset (default digitsm)")
+    g.add_argument("--dataset", default=None, help="the victim's dataset (default mnistm5k)")
     g.add_argument("--datasetsteal", default=None, help="the stolen copy's query dataset (default: --dataset)")
     g.add_argument("--losstype", default="infonce", help="the stolen copy's loss")
     g.add_argument("--num_queries", type=int, default=500, help="the stolen copy's query count")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolution fed to the encoder (default: the checkpoint's training resolution)")
     p.add_argument("--eval-set", default="holdout", choices=["holdout", "test"],
                    help="what the probe is tested on: holdout = the last images of the test split (1,000 "
-                        "for the real datasets, 200 for digits/digitsm; the reference's rule, and the images "
+                        "(200 for digits/digitsm); the reference's rule, and the images "
                         "steal.py never queries), test = the whole test split")
     p.add_argument("--holdout", type=int, default=None, help="size of the holdout (default: the dataset's)")
     p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=512,

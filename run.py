@@ -1,9 +1,9 @@
 """Train a SimCLR victim encoder.
 
 Examples:
-  python run.py --dataset digitsm                       # offline data, CPU defaults, minutes
+  python run.py --dataset mnistm5k                      # offline data, CPU defaults, minutes
   python run.py -data DATA --dataset cifar10            # the paper's setup (GPU recommended)
-  python run.py --dataset digitsm --resume              # continue an interrupted run
+  python run.py --dataset mnistm5k --resume             # continue an interrupted run
 
 The run directory (--logdir) receives, in this order: config.yaml, train.log,
 metrics.jsonl (one JSON line per epoch), tb/ (TensorBoard) and checkpoint.pt (written
@@ -23,7 +23,7 @@ from models.checkpoint import encoder_kwargs
 from simclr import Precision, SimCLRModel, epoch_batches, fit, simclr_step
 from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add_model_args, get_logger,
                    pick_device, prepare_run_dir, resolve_scale, run_cli, seed_everything, setup_threads,
-                   str2bool, write_config)
+                   str2bool, victim_run_dir, write_config)
 
 # run.py's own scale-dependent defaults (see utils.SCALE_PRESETS for the shared ones)
 PRESETS = {
@@ -86,8 +86,7 @@ def main(argv=None) -> Path:
     setup_threads()
     seed_everything(config["seed"])
     if config["logdir"] is None:
-        config["logdir"] = (f"runs/victim_{config['dataset']}_{config['arch']}_w{config['width']}"
-                            f"_s{config['seed']}")
+        config["logdir"] = str(victim_run_dir(config["dataset"], config["seed"], config["arch"], config["width"]))
     run_dir = prepare_run_dir(config["logdir"])
     ckpt_path = run_dir / "checkpoint.pt"
     start = None

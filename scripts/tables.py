@@ -1,20 +1,25 @@
 """Reproduce one of the paper's tables: train the victim, steal it, probe every encoder.
 
-  python scripts/tables.py table2 --scale cpu            # offline digitsm, minutes on 2 cores
+  python scripts/tables.py table2 --scale cpu            # offline mnistm5k, 3 seeds, on 2 cores
   python scripts/tables.py table2 --scale paper -data D  # the paper's setup (GPU and real data)
   python scripts/tables.py table7 --scale paper --dry-run  # print the commands only
 
 Tables: table1 (attack methods), table2 (losses), table5 (losses, another victim dataset),
 table7 (number of queries, out-of-distribution queries; Tables 6-7), table9 (number of
-queries from the victim's own training data, SoftNN). ``--scale cpu`` keeps each table's
-structure on the offline data: the digitsm victim stands for CIFAR10 (digits for SVHN in
-table5), ``patches`` for the out-of-distribution SVHN queries, and the downstream columns
-are digitsm and digits instead of CIFAR10 / STL10 / SVHN.
+queries from the victim's own training data, SoftNN), efficiency (number of queries from
+the victim's own distribution for MSE, InfoNCE and SoftNN: the query-efficiency figure).
+``--scale cpu`` keeps each table's structure on the offline benchmark: the mnistm5k victim
+stands for CIFAR10 (mnist5k for SVHN in table5), ``patches`` for the out-of-distribution
+SVHN queries, and the downstream columns are mnistm5k and mnist5k instead of CIFAR10 /
+STL10 / SVHN. Every table has the rows victim, random (the same architecture at random
+initialisation) and pixels (raw pixels), each probed once per seed.
 
-Every step is skipped when its output exists (a finished checkpoint, or a record with the
-same table/row/column/seed in the results file), so an interrupted run continues where it
-stopped. Probe records go to ``results/<table>.jsonl`` (``--results``); ``report.py``
-turns them into ``results/REPORT.md``.
+Resuming: a probe is skipped when the results file has a record with the same
+table/scale/row/column/seed; a victim or stealing run is skipped when its checkpoint
+finished all its epochs, or when every probe that needs it is already recorded. So an
+interrupted table continues where it stopped, also on a fresh clone that has only the
+committed ``results/*.jsonl``. Stealing runs live in ``runs/tables_<scale>/<victim>_s<seed>/``
+under a name made of their flags, so two tables asking for the same attack share one run.
 """
 from __future__ import annotations
 
@@ -27,19 +32,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import SCALE_PRESETS, UserError, read_jsonl, run_cli  # noqa: E402
+from utils import UserError, append_jsonl, read_jsonl, run_cli, victim_run_dir  # noqa: E402
 
 # per scale: victim datasets, downstream columns, queries, and the OOD query set
 SETUP = {
-    "cpu": {"victim": "digitsm", "victim5": "digits", "columns": ["digitsm", "digits"], "queries": 500,
-            "ood": "patches", "table7_queries": [100, 250, 500, 1000, 2000], "table7_losses": ["mse", "infonce"],
-            "table9_queries": [250, 500, 1000], "step_budget": 50_000},
+    "cpu": {"victim": "mnistm5k", "victim5": "mnist5k", "columns": ["mnistm5k", "mnist5k"], "queries": 500,
+            "victim_train_size": 3000, "ood": "patches",
+            "table7_queries": [100, 300, 1000, 3000], "table7_losses": ["softnn", "mse", "infonce"],
+            "table9_queries": [100, 300, 1000, 3000],
+            "efficiency_queries": [100, 300, 500, 1000], "efficiency_losses": ["mse", "infonce", "softnn"],
+            "step_budget": 50_000, "seeds": [0, 1, 2]},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
-              "ood": "svhn", "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
+              "victim_train_size": 50000, "ood": "svhn",
+              "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
               "table7_losses": ["softnn", "mse", "infonce"],
-              "table9_queries": [500, 1000, 5000, 10000, 20000, 30000, 40000, 50000], "step_budget": None},
+              "table9_queries": [500, 1000, 5000, 10000, 20000, 30000, 40000, 50000],
+              "efficiency_queries": [500, 1000, 5000, 9000], "efficiency_losses": ["mse", "infonce", "softnn"],
+              "step_budget": None, "seeds": [0]},
 }
-TABLES = ("table1", "table2", "table5", "table7", "table9")
+TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
+BASELINES = ("victim", "random", "pixels")  # rows probed straight from the victim checkpoint
 
 
 @dataclass
@@ -48,14 +60,54 @@ class Step:
     argv: list[str]
     done_when: str = ""             # a checkpoint path, or "" for probes (checked in the results file)
     tags: dict = field(default_factory=dict)
+    needs: str = ""                 # probes: the checkpoint they read
 
     def command(self) -> str:
         return " ".join(["python", f"{self.script}.py"] + [shlex.quote(a) for a in self.argv])
 
 
-def victim_checkpoint(dataset: str, scale: str, seed: int) -> str:
-    preset = SCALE_PRESETS[scale]
-    return f"runs/victim_{dataset}_{preset['arch']}_w{preset['width']}_s{seed}/checkpoint.pt"
+def victim_checkpoint(dataset: str, seed: int) -> str:
+    return str(victim_run_dir(dataset, seed) / "checkpoint.pt")
+
+
+def attack_rows(table: str, s: dict) -> list[tuple[str, str, list[str], dict]]:
+    """The stolen rows of a table: ``(row, script, steal flags, extra record tags)``."""
+    q = str(s["queries"])
+    if table == "table1":
+        return [("direct", "steal", ["--losstype", "softnn", "--num_queries", q], {}),
+                ("recreate_head", "stealhead", ["--num_queries", q], {}),
+                ("access_head", "steal", ["--losstype", "infonce", "--victimhead", "True", "--num_queries", q], {})]
+    if table in ("table2", "table5"):
+        losses = ["mse", "infonce", "softnn", "wasserstein", "supcon", "barlow"]
+        if table == "table5":
+            losses.insert(5, "symmetrized")
+        return [(loss, "steal", ["--losstype", loss, "--num_queries", q], {}) for loss in losses]
+    losses = {"table7": s["table7_losses"], "table9": ["softnn"], "efficiency": s["efficiency_losses"]}[table]
+    counts = {"table7": s["table7_queries"], "table9": s["table9_queries"], "efficiency": s["efficiency_queries"]}[table]
+    source = {"table7": ["--datasetsteal", s["ood"]], "table9": ["--force", "True"], "efficiency": []}[table]
+    rows = []
+    for loss in losses:
+        for n in counts:
+            extra = []
+            if s["step_budget"] and n != s["queries"]:
+                # CPU: about the same number of image-steps for every query count (at the table's
+                # default count, the stealing defaults as they are, so that run is shared with table2)
+                extra = ["--epochs", str(max(10, min(500, s["step_budget"] // n)))]
+            rows.append((f"{loss}_{n}", "steal", ["--losstype", loss, "--num_queries", str(n)] + source + extra,
+                         {"loss": loss, "queries": n}))
+    return rows
+
+
+def run_name(script: str, flags: list[str]) -> str:
+    """A run directory name made of the attack's flags, e.g. ``steal_softnn_q500_patches``."""
+    parts, i = [script], 0
+    while i < len(flags):
+        key, value = flags[i].lstrip("-"), flags[i + 1]
+        parts.append({"losstype": value, "num_queries": f"q{value}", "datasetsteal": value,
+                      "force": "train" if value == "True" else "", "victimhead": "head" if value == "True" else "",
+                      "epochs": f"e{value}"}.get(key, f"{key}{value}"))
+        i += 2
+    return "_".join(p for p in parts if p)
 
 
 def plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
@@ -64,69 +116,85 @@ def plan(table: str, scale: str, seeds: list[int], data: str | None, results: st
     victim_ds = s["victim5"] if table == "table5" else s["victim"]
     steps: list[Step] = []
     for seed in seeds:
-        vckpt = victim_checkpoint(victim_ds, scale, seed)
+        vckpt = victim_checkpoint(victim_ds, seed)
         steps.append(Step("run", ["--dataset", victim_ds, "--seed", str(seed), "--resume", "--scale", scale]
                           + data_flags, done_when=vckpt))
-        # (row, script, steal flags) for the encoder rows; victim and random are probed directly
-        rows: list[tuple[str, str, list[str], dict]] = []
-        q = str(s["queries"])
-        if table == "table1":
-            rows = [("direct", "steal", ["--losstype", "softnn", "--num_queries", q], {}),
-                    ("recreate_head", "stealhead", ["--num_queries", q], {}),
-                    ("access_head", "steal", ["--losstype", "infonce", "--victimhead", "True", "--num_queries", q], {})]
-        elif table in ("table2", "table5"):
-            losses = ["mse", "infonce", "softnn", "wasserstein", "supcon", "barlow"]
-            if table == "table5":
-                losses.insert(5, "symmetrized")
-            rows = [(loss, "steal", ["--losstype", loss, "--num_queries", q], {}) for loss in losses]
-        elif table in ("table7", "table9"):
-            losses = s["table7_losses"] if table == "table7" else ["softnn"]
-            counts = s["table7_queries"] if table == "table7" else s["table9_queries"]
-            source = ["--datasetsteal", s["ood"]] if table == "table7" else ["--force", "True"]
-            for loss in losses:
-                for n in counts:
-                    extra = []
-                    if s["step_budget"]:  # CPU: same number of image-steps for every query count
-                        extra = ["--epochs", str(max(10, min(100, s["step_budget"] // n)))]
-                    rows.append((f"{loss}_{n}", "steal", ["--losstype", loss, "--num_queries", str(n)] + source + extra,
-                                 {"loss": loss, "queries": n}))
-        probes: list[tuple[str, str, str, dict]] = [("victim", "victim", vckpt, {}), ("random", "random", vckpt, {})]
-        for row, script, flags, extra_tags in rows:
-            logdir = f"runs/{table}_{scale}/{row}_s{seed}"
+        probes: list[tuple[str, str, str, dict]] = [(row, row, vckpt, {}) for row in BASELINES]
+        for row, script, flags, extra_tags in attack_rows(table, s):
+            logdir = f"runs/tables_{scale}/{victim_ds}_s{seed}/{run_name(script, flags)}"
             steps.append(Step(script, ["--victim-checkpoint", vckpt, "--seed", str(seed), "--logdir", logdir,
                                        "--clear"] + flags + data_flags, done_when=f"{logdir}/checkpoint.pt"))
             probes.append((row, "stolen", f"{logdir}/checkpoint.pt", extra_tags))
         for row, modeltype, ckpt, extra_tags in probes:
             for column in s["columns"]:
-                tags = {"table": table, "scale": scale, "row": row, "column": column, "seed": str(seed), **extra_tags}
+                tags = {"table": table, "scale": scale, "row": row, "column": column, "seed": str(seed),
+                        "victim_train_size": str(s["victim_train_size"]), **extra_tags}
                 argv = ["--checkpoint", ckpt, "--modeltype", modeltype, "--dataset-test", column,
                         "--seed", str(seed), "--label", row, "--results", results] + data_flags
                 argv += [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")]
-                steps.append(Step("linear_eval", argv, tags=tags))
+                steps.append(Step("linear_eval", argv, tags=tags, needs=ckpt))
     return steps
 
 
-def is_done(step: Step, records: list[dict]) -> bool:
-    if step.done_when:
-        path = ROOT / step.done_when
-        if not path.is_file():
-            return False
-        from models import load_checkpoint
+def checkpoint_finished(path: str) -> bool:
+    """A checkpoint that completed every epoch its config asked for."""
+    full = ROOT / path
+    if not full.is_file():
+        return False
+    from models import load_checkpoint
 
-        try:
-            ckpt = load_checkpoint(path)
-        except UserError:
-            return False
-        return ckpt.get("epoch") == (ckpt.get("config") or {}).get("epochs")
+    try:
+        ckpt = load_checkpoint(full)
+    except UserError:
+        return False
+    return ckpt.get("epoch") == (ckpt.get("config") or {}).get("epochs")
+
+
+def probe_done(step: Step, records: list[dict]) -> bool:
     keys = ("table", "scale", "row", "column", "seed")
     return any(all(str(r.get(k)) == str(step.tags[k]) for k in keys) for r in records)
+
+
+def reusable_pixels(step: Step, results_dir: Path) -> dict | None:
+    """A pixels record of another table with the same scale, column and seed. The raw-pixel
+    probe does not depend on the victim, so it is the same computation in every table (and
+    at 28 px its 2,352-d features make it the slowest probe)."""
+    if step.tags.get("row") != "pixels":
+        return None
+    for path in sorted(results_dir.glob(f"*_{step.tags['scale']}.jsonl")):
+        for r in read_jsonl(path):
+            if r.get("row") == "pixels" and all(str(r.get(k)) == str(step.tags[k])
+                                                for k in ("scale", "column", "seed")):
+                return {**r, **step.tags, "reused_from": path.name}
+    return None
+
+
+def pending(steps: list[Step], records: list[dict]) -> list[bool]:
+    """Which steps still have to run: missing probes, and the runs those probes (or the
+    stealing runs they need) read that have not finished."""
+    todo = [False] * len(steps)
+    needed: set[str] = set()
+    for i, step in enumerate(steps):
+        if not step.done_when and not probe_done(step, records):
+            todo[i] = True
+            needed.add(step.needs)
+    # a stealing run that must run needs its victim too (scan the producers twice: steals, then victims)
+    for _ in range(2):
+        for i, step in enumerate(steps):
+            if step.done_when in needed and not checkpoint_finished(step.done_when):
+                todo[i] = True
+                if "--victim-checkpoint" in step.argv:
+                    needed.add(step.argv[step.argv.index("--victim-checkpoint") + 1])
+    return todo
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", choices=TABLES, help="which table")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (victim and attack); mean +- std in the report")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
+                        "gives mean and 95%% confidence interval over them")
     p.add_argument("-data", "--data", dest="data", default=None, help="root of the real datasets (paper scale)")
     p.add_argument("--results", default=None, help="results file (default: results/<table>_<scale>.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -136,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> list[Step]:
     args = build_parser().parse_args(argv)
     results = args.results or f"results/{args.table}_{args.scale}.jsonl"
-    steps = plan(args.table, args.scale, args.seeds, args.data, results)
+    seeds = args.seeds if args.seeds is not None else SETUP[args.scale]["seeds"]
+    steps = plan(args.table, args.scale, seeds, args.data, results)
     if args.dry_run:
         for step in steps:
             print(step.command())
@@ -144,9 +213,15 @@ def main(argv=None) -> list[Step]:
     import os
 
     os.chdir(ROOT)
-    for i, step in enumerate(steps, 1):
-        if is_done(step, read_jsonl(results)):
+    todo = pending(steps, read_jsonl(results))
+    for i, (step, needed) in enumerate(zip(steps, todo), 1):
+        if not needed:
             print(f"[{i}/{len(steps)}] done already: {step.command()}", flush=True)
+            continue
+        reuse = reusable_pixels(step, Path(results).parent)
+        if reuse is not None:
+            append_jsonl(results, reuse)
+            print(f"[{i}/{len(steps)}] pixels probe reused from {reuse['reused_from']}: {step.command()}", flush=True)
             continue
         print(f"[{i}/{len(steps)}] {step.command()}", flush=True)
         module = __import__(step.script)

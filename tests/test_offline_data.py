@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from data_aug import DATASETS, OFFLINE, get_dataset, iterate_batches
+from data_aug import DATASETS, OFFLINE, get_dataset, iterate_batches, split_holdout
 from utils import UserError
 
 
@@ -29,6 +29,33 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert not any(bytes(x.numpy()) in trs for x in te.images)
 
 
+def test_mnist5k_split_is_balanced_disjoint_and_holds_out_1000():
+    tr, te = get_dataset("mnist5k", "train", image_size=28), get_dataset("mnist5k", "test", image_size=28)
+    assert len(tr) == 3000 and len(te) == 2000
+    assert torch.bincount(tr.labels, minlength=10).tolist() == [300] * 10
+    pool, holdout = split_holdout(te)
+    # the probe's evaluation set: exactly 100 per class, never queried; the query pool likewise
+    assert len(holdout) == 1000 and torch.bincount(holdout.labels, minlength=10).tolist() == [100] * 10
+    assert len(pool) == 1000 and torch.bincount(pool.labels, minlength=10).tolist() == [100] * 10
+    # real MNIST digits: white strokes on black, about 19% of the pixels lit
+    lit = (tr.images[:, 0].float() > 127).float().mean().item()
+    assert 0.1 < lit < 0.3 and tr.images[:, :, 0, 0].max() == 0
+    # disjoint: no test image appears in train
+    trs = {bytes(x.numpy()) for x in tr.images}
+    assert not any(bytes(x.numpy()) in trs for x in te.images)
+
+
+def test_mnistm5k_blends_the_same_digits_over_photographs():
+    plain, blended = get_dataset("mnist5k", "test", image_size=28), get_dataset("mnistm5k", "test", image_size=28)
+    assert torch.equal(plain.labels, blended.labels)
+    assert torch.equal(blended.images, get_dataset("mnistm5k", "test", image_size=28).images)  # deterministic
+    x, digit = blended.images.float(), plain.images[:, :1].float()
+    # |crop - digit|: on the strokes the colour flips, elsewhere the photograph shows, in colour
+    assert not torch.equal(blended.images[:, 0], blended.images[:, 1])
+    assert x[(digit > 250).expand_as(x)].mean() < x[(digit < 5).expand_as(x)].mean() + 60
+    assert x.std() > 50 and DATASETS["mnistm5k"].cpu_image_size == 28
+
+
 def test_deterministic_and_digitsm_differs_from_digits():
     a = get_dataset("digitsm", "train", image_size=16)
     b = get_dataset("digitsm", "train", image_size=16)
@@ -42,7 +69,7 @@ def test_deterministic_and_digitsm_differs_from_digits():
 
 @pytest.mark.parametrize("name", OFFLINE)
 def test_normalisation_constants_match_data(name):
-    x = get_dataset(name, "train", image_size=16).images.float() / 255
+    x = get_dataset(name, "train", image_size=DATASETS[name].cpu_image_size).images.float() / 255
     mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
     assert torch.allclose(mean, torch.tensor(DATASETS[name].mean), atol=0.02)
     assert torch.allclose(std, torch.tensor(DATASETS[name].std), atol=0.02)

@@ -19,47 +19,76 @@ import tables  # noqa: E402
 
 def _record(table, row, column, seed, top1):
     return {"table": table, "scale": "cpu", "row": row, "column": column, "seed": str(seed),
-            "metrics": {"top1": top1, "top5": 99.0}}
+            "victim_train_size": "3000", "metrics": {"top1": top1, "top5": 99.0, "n_test": 1000}}
+
+
+SHIFTS = (0.0, 0.5, 1.0)  # per seed: mean +0.5, sd 0.5, 95% CI half-width t(0.975, 2) * 0.5 / sqrt(3) = 1.24
 
 
 @pytest.fixture
 def results_dir(tmp_path):
     recs = []
-    for seed, shift in ((0, 0.0), (1, 2.0)):
-        for row, acc in {"victim": 63.0, "random": 45.0, "mse": 62.0, "infonce": 61.0, "softnn": 60.0,
-                         "barlow": 44.0}.items():
-            recs.append(_record("table2", row, "digitsm", seed, acc + shift))
-            recs.append(_record("table2", row, "digits", seed, acc - 10 + shift))
-    recs += [_record("table1", "victim", "digitsm", 0, 63.0), _record("table1", "direct", "digitsm", 0, 60.0),
-             _record("table1", "recreate_head", "digitsm", 0, 54.0)]
-    for loss, accs in {"mse": (50.0, 55.0), "infonce": (45.0, 58.0)}.items():
-        for n, acc in zip((100, 2000), accs):
-            recs.append(_record("table7", f"{loss}_{n}", "digitsm", 0, acc))
-    recs += [_record("table7", "victim", "digitsm", 0, 63.0), _record("table7", "random", "digitsm", 0, 45.0)]
+    for seed, shift in enumerate(SHIFTS):
+        for row, acc in {"victim": 64.0, "random": 30.0, "pixels": 30.0, "mse": 62.0, "infonce": 61.0,
+                         "softnn": 60.0, "barlow": 44.0}.items():
+            recs.append(_record("table2", row, "mnistm5k", seed, acc + shift))
+            recs.append(_record("table2", row, "mnist5k", seed, acc - 10 + shift))
+        recs += [_record("table1", "victim", "mnistm5k", seed, 64.0 + shift),
+                 _record("table1", "direct", "mnistm5k", seed, 60.0 + shift),
+                 _record("table1", "recreate_head", "mnistm5k", seed, 54.0 + shift)]
+        for loss, accs in {"mse": (50.0, 55.0), "infonce": (45.0, 58.0)}.items():
+            for n, acc in zip((100, 3000), accs):
+                recs.append(_record("table7", f"{loss}_{n}", "mnistm5k", seed, acc + shift))
+        recs += [_record("table7", "victim", "mnistm5k", seed, 64.0 + shift),
+                 _record("table7", "random", "mnistm5k", seed, 30.0 + shift)]
+        for row, acc in {"victim": 64.0, "mse_100": 55.0, "mse_300": 62.0, "softnn_300": 58.0}.items():
+            recs.append(_record("efficiency", row, "mnistm5k", seed, acc + shift))
     for r in recs:
         utils.append_jsonl(tmp_path / "fixture.jsonl", r)
     return tmp_path
 
 
+def test_confidence_interval_and_verdicts_by_hand():
+    e = report.estimate([60.0, 61.0, 62.0])  # mean 61, sd 1, t(0.975, 2) = 4.3027
+    assert e.half_width == pytest.approx(4.3027 / 3 ** 0.5, rel=1e-4) and str(e) == "61.0 ± 2.5"
+    assert str(report.estimate([70.0])) == "70.0" and report.estimate([70.0]).half_width is None
+    far, near = report.estimate([70.0, 71.0, 72.0]), report.estimate([62.0, 63.0, 64.0])
+    assert report.compare(far, e) == "holds" and report.compare(e, far) == "does not hold"
+    assert report.compare(near, e) == "inconclusive"  # 63 +- 2.5 overlaps 61 +- 2.5
+    assert report.compare(report.estimate([70.0]), report.estimate([60.0])) == "inconclusive"  # one seed: no interval
+    assert report.at_least(report.estimate([96.0, 96.5, 97.0]), 95.0) == "holds"
+    assert report.at_least(report.estimate([94.0, 96.0, 98.0]), 95.0) == "inconclusive"
+
+
 def test_report_tables_claims_and_plots(results_dir):
     out = report.write_report(results_dir, results_dir / "REPORT.md")
     text = out.read_text()
-    # mean +- std over the two seeds, with the paper's value beside it
-    assert "| MSE | 63.0 ± 1.4 | 53.0 ± 1.4 | 75.5 / 64.8 / 58.8 |" in text
-    # every claim is stated with its verdict and evidence
-    claims = [line for line in text.splitlines() if line.startswith("| ") and ("holds" in line)]
-    assert len(claims) == 4 and all("**holds**" in c for c in claims), claims
-    assert "100 queries: MSE 50.0 vs InfoNCE 45.0" in text
-    for png in ("table2_cpu_losses.png", "table7_cpu_queries.png"):
+    # mean +- 95% CI over the three seeds, with the paper's value beside it
+    assert "| MSE | 62.5 ± 1.2 | 52.5 ± 1.2 | 75.5 / 64.8 / 58.8 |" in text
+    assert "3 seed(s); probe test set of 1,000 images." in text
+    claims = [line for line in text.splitlines() if line.startswith("| ") and "**" in line and "|---" not in line]
+    verdicts = {c.split(" | ")[0][2:]: c.split(" | ")[1] for c in claims}
+    assert len(verdicts) == 8 and set(verdicts.values()) == {"**holds**"}, verdicts
+    assert "100 queries: MSE 50.5 ± 1.2 vs InfoNCE 45.5 ± 1.2" in text
+    # query efficiency: MSE at 300 queries = 10% of 3,000 gives 62.5 / 64.5 = 96.9% of the victim
+    assert "MSE at 10% of the training set gives 96.9 ± 0.1% of the victim" in text  # 96.88, 96.90, 96.92
+    assert "Fewest queries reaching 95% of the victim (mean): MSE at 10.0% of the training set" in text
+    for png in ("table2_cpu_losses.png", "table7_cpu_queries.png", "efficiency_cpu.png"):
         assert (results_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text
 
 
-def test_report_says_does_not_hold(results_dir):
-    utils.append_jsonl(results_dir / "fixture.jsonl", _record("table1", "recreate_head", "digitsm", 1, 80.0))
+def test_report_says_does_not_hold_and_inconclusive(results_dir):
+    for seed, shift in enumerate(SHIFTS):  # recreate head now measurably above direct extraction
+        utils.append_jsonl(results_dir / "fixture.jsonl", _record("table1", "recreate_head", "mnistm5k", seed,
+                                                                  70.0 + shift))
+        # the victim's margin over raw pixels now within its interval
+        utils.append_jsonl(results_dir / "fixture.jsonl", _record("table2", "pixels", "mnistm5k", seed, 44.0 + shift))
     text = report.write_report(results_dir, results_dir / "R.md").read_text()
     line = next(l for l in text.splitlines() if l.startswith("| Direct extraction"))
     assert "**does not hold**" in line
+    line = next(l for l in text.splitlines() if l.startswith("| Benchmark: the victim is a real"))
+    assert "**inconclusive**" in line and "raw pixels 44.5 ± 1.2" in line
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
@@ -87,21 +116,43 @@ def test_append_is_atomic_and_corrupt_lines_are_reported(tmp_path, monkeypatch):
         utils.read_jsonl(path)
 
 
-def test_tables_skip_finished_probes_and_dry_run_matches_the_paper(tmp_path, capsys):
+def test_tables_skip_finished_probes_and_dry_run_matches_the_paper(tmp_path, capsys, monkeypatch):
     steps = tables.plan("table2", "cpu", [0], None, str(tmp_path / "r.jsonl"))
     probes = [s for s in steps if s.script == "linear_eval"]
-    assert len(probes) == 8 * 2  # victim, random, 6 losses x digitsm, digits
+    assert len(probes) == 9 * 2  # victim, random, pixels, 6 losses x mnistm5k, mnist5k
     records = [{**probes[0].tags}]
-    assert tables.is_done(probes[0], records) and not tables.is_done(probes[1], records)
+    assert tables.probe_done(probes[0], records) and not tables.probe_done(probes[1], records)
     # a stealing step is done only when its checkpoint finished all its epochs
-    ckpt = tmp_path / "steal" / "checkpoint.pt"
-    steal_step = tables.Step("steal", [], done_when=str(ckpt))  # absolute: independent of the checkout's runs/
-    assert not tables.is_done(steal_step, [])
+    ckpt = tmp_path / "steal" / "checkpoint.pt"  # absolute: independent of the checkout's runs/
+    assert not tables.checkpoint_finished(str(ckpt))
     enc = build_encoder("resnet18", width=4)
     save_checkpoint(ckpt, encoder=enc, epoch=1, config={"epochs": 2})
-    assert not tables.is_done(steal_step, [])
+    assert not tables.checkpoint_finished(str(ckpt))
     save_checkpoint(ckpt, encoder=enc, epoch=2, config={"epochs": 2})
-    assert tables.is_done(steal_step, [])
+    assert tables.checkpoint_finished(str(ckpt))
+
+    # resuming from the records alone: with every probe of one seed recorded, no victim or stealing run
+    # of that seed is needed, though their checkpoints are absent (a fresh clone, whatever runs/ holds here)
+    monkeypatch.setattr(tables, "checkpoint_finished", lambda path: False)
+    steps = tables.plan("table2", "cpu", [0, 1], None, str(tmp_path / "r.jsonl"))
+    done = [{**s.tags} for s in steps if s.script == "linear_eval" and s.tags["seed"] == "0"]
+    todo = tables.pending(steps, done)
+    assert not any(t for s, t in zip(steps, todo) if "_s0/" in s.done_when or s.tags.get("seed") == "0")
+    assert all(t for s, t in zip(steps, todo) if s.tags.get("seed") == "1")
+    assert any(t for s, t in zip(steps, todo) if s.script == "run" and "1" in s.argv)
+    # one missing probe of seed 0 brings back its stealing run and the victim it needs
+    todo = tables.pending(steps, done[:-1])
+    needed = [s for s, t in zip(steps, todo) if t and "_s0/" in s.done_when]
+    missing = steps.index(next(s for s in steps if s.tags == done[-1]))
+    assert {s.script for s in needed} == {"run", "steal"} and steps[missing].needs in [
+        s.done_when for s in needed]
+
+    # the raw-pixel probe is the same computation in every table: reused from another table's record
+    pixels = next(s for s in steps if s.tags.get("row") == "pixels")
+    assert tables.reusable_pixels(pixels, tmp_path) is None
+    utils.append_jsonl(tmp_path / "table9_cpu.jsonl", {**pixels.tags, "table": "table9", "metrics": {"top1": 36.0}})
+    reused = tables.reusable_pixels(pixels, tmp_path)
+    assert reused["table"] == "table2" and reused["metrics"]["top1"] == 36.0 and reused["reused_from"] == "table9_cpu.jsonl"
 
     tables.main(["table2", "--scale", "paper", "--dry-run"])
     out = capsys.readouterr().out.splitlines()
@@ -127,6 +178,6 @@ def test_augmented_probe_checks_the_backbone_stays_frozen():
 
 
 def test_results_record_tags_roundtrip(tmp_path):
-    rec = _record("table2", "mse", "digitsm", 0, 61.0)
+    rec = _record("table2", "mse", "mnistm5k", 0, 61.0)
     utils.append_jsonl(tmp_path / "x.jsonl", rec)
     assert json.loads((tmp_path / "x.jsonl").read_text()) == rec

@@ -39,18 +39,58 @@ def test_steal_counts_every_view_and_queries_each_once(tiny_victim, tmp_path, n_
     assert meta["victim_forward_calls"] == 2
 
 
-def test_stealing_trains_the_stolen_model_and_leaves_the_victim_untouched(tiny_victim, tmp_path):
+@pytest.fixture
+def stolen_inputs(monkeypatch):
+    """Capture what steal.py builds: the stolen encoder's initial weights and every batch it sees."""
+    seen = {"init": None, "inputs": []}
+    build = steal.build_encoder
+
+    def capture(*args, **kwargs):
+        encoder = build(*args, **kwargs)
+        seen["init"] = {k: v.clone() for k, v in encoder.state_dict().items()}
+        encoder.register_forward_pre_hook(lambda module, inp: seen["inputs"].append(inp[0].detach().clone()))
+        return encoder
+
+    monkeypatch.setattr(steal, "build_encoder", capture)
+    return seen
+
+
+def test_stealing_trains_the_stolen_model_and_leaves_the_victim_untouched(tiny_victim, tmp_path, stolen_inputs):
     before = {k: v.clone() for k, v in load_encoder(tiny_victim)[0].state_dict().items()}
-    torch.manual_seed(0)
     ckpt = steal.main(["--victim-checkpoint", str(tiny_victim), "--losstype", "mse", "--num_queries", "64",
                        "-b", "32", "--epochs", "2", "--device", "cpu", "--logdir", str(tmp_path / "s")])
     victim_after = load_encoder(tiny_victim)[0].state_dict()
     assert all(torch.equal(before[k], victim_after[k]) for k in before)
-    stolen = load_encoder(ckpt)[0].state_dict()
-    changed = [k for k in stolen if k.endswith("weight") and not torch.equal(stolen[k], before[k])]
-    assert len(changed) == len([k for k in stolen if k.endswith("weight")])  # every layer was trained
+    # every layer of the stolen encoder moved away from its own initialisation
+    stolen, init = load_encoder(ckpt)[0].state_dict(), stolen_inputs["init"]
+    weights = [k for k in stolen if k.endswith("weight")]
+    assert weights and all(not torch.equal(stolen[k], init[k]) for k in weights)
     metrics = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+@pytest.mark.parametrize("local_aug", ["none", "crop", "simclr"])
+def test_local_augmentation_costs_no_query_and_never_reaches_the_victim(tiny_victim, tmp_path, stolen_inputs,
+                                                                        local_aug):
+    ckpt = steal.main(["--victim-checkpoint", str(tiny_victim), "--losstype", "mse", "--num_queries", "64",
+                       "-b", "32", "--epochs", "3", "--local-aug", local_aug, "--device", "cpu",
+                       "--logdir", str(tmp_path / "s")])
+    meta = load_checkpoint(ckpt)
+    # the same accounting with or without it: 64 queries, asked once, answered by 2 forward passes
+    assert meta["queries_used"] == 64 and meta["victim_forward_calls"] == 2
+    assert [r["new_queries"] for r in _log(tmp_path / "s")] == [64, 0, 0]
+    assert meta["config"]["local_aug"] == local_aug
+    # the queried images are digits' first 64 test images; the stolen encoder sees them only without it
+    from data_aug import get_dataset, to_float
+
+    queried = {bytes(x.numpy()) for x in to_float(get_dataset("digits", "test", image_size=8).images[:64])}
+    rows = [x for batch in stolen_inputs["inputs"] if batch.shape[0] == 32 for x in batch]
+    assert len(rows) == 3 * 64
+    plain = sum(bytes(x.numpy()) in queried for x in rows)
+    if local_aug == "none":
+        assert plain == len(rows)
+    else:  # at 8 px a crop of at least 80% of the area can round to the whole image: measured 33 of 192
+        assert plain < len(rows) // 4
 
 
 # every flag combination of the paper's Tables 1, 2 and 5 (plus softce, bce, noise defence and an
