@@ -20,7 +20,7 @@ comparison, the same for random-sign noise of the same size and for the stolen m
 itself). Results: results.json and a table on stdout; config.yaml beside them.
 
 Examples:
-  python knockoff.py --dataset digitsm --num_queries 500 --modeloutput logits
+  python knockoff.py --dataset mnistm5k --num_queries 500 --modeloutput logits
   python steallabels.py --victim-checkpoint CKPT --num_queries 500      # standard mode, labels
 """
 from __future__ import annotations

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="victim training loss (SimCLR's InfoNCE)")
     p.add_argument("--crop-min-scale", type=float, default=None,
                    help="smallest area fraction of the random resized crop (by scale: cpu 0.8, "
-                        "paper 0.08 as SimCLR); on 16 px digits small crops keep only the background")
+                        "paper 0.08 as SimCLR); on small digit images small crops keep mostly the background")
     p.add_argument("--hflip-p", type=float, default=None,
                    help="probability of a horizontal flip (by scale: cpu 0 because digits are not "
                         "mirror-symmetric, paper 0.5 as SimCLR)")

@@ -62,10 +62,9 @@ STEAL_DEFAULTS: dict[str, dict[str, dict]] = {
     "cpu": {
         "*": {"epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "n_views": 1,
               "temperature": 0.2, "local_aug": "simclr"},
-        # the two-view losses already see augmented views (each one a query)
-        "supcon": {"n_views": 2, "local_aug": "none"},
-        "barlow": {"n_views": 2, "local_aug": "none"},
-        "symmetrized": {"n_views": 2, "local_aug": "none"},
+        "supcon": {"n_views": 2},
+        "barlow": {"n_views": 2},
+        "symmetrized": {"n_views": 2},
     },
 }
 
@@ -131,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the image as queried. none = the reference (the stolen encoder sees exactly the "
                         "queried images); crop = random resized crops of at least --crop-min-scale of the area "
                         "(and flips with --hflip-p); simclr = crops plus the colour jitter, grayscale and blur "
-                        "of SimCLR (by scale)")
+                        "of SimCLR (by scale; none when --n-views > 1, whose queries are augmented views "
+                        "already)")
     g.add_argument("--holdout", type=int, default=None,
                    help="images kept out at the end of the victim's test split (default: the dataset's "
                         "evaluation set: 1000, or 200 for digits/digitsm)")
@@ -361,6 +361,8 @@ def resolve_defaults(config: dict) -> None:
     if config.get("stolenhead") is None:
         config["stolenhead"] = config["victimhead"]
         filled.append("stolenhead")
+    if "local_aug" in filled and config["n_views"] > 1:
+        config["local_aug"] = "none"  # the queries are augmented views already (each one a query)
     config["defaults_filled"] = filled
 
 

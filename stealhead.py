@@ -15,7 +15,7 @@ answers only the representation h. The attacker recreates a head g' from the ans
 attacker then also has head access; those answers are counted as queries too).
 
 Examples:
-  python stealhead.py --dataset digitsm --num_queries 500
+  python stealhead.py --dataset mnistm5k --num_queries 500
   python stealhead.py --victim-checkpoint CKPT --losshead softnn --losstype infonce
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ reports accuracy, fidelity and the FGSM transfer rate to the victim. Every flag,
 knockoff mode (``--mode knockoff --modeloutput logits``), is shared with ``knockoff.py``.
 
 Examples:
-  python steallabels.py --dataset digitsm --num_queries 500
+  python steallabels.py --dataset mnistm5k --num_queries 500
   python steallabels.py --victim-checkpoint CKPT --modeloutput logits --mode knockoff
 """
 from knockoff import main as _main

@@ -196,6 +196,18 @@ def test_per_loss_defaults_are_visible_and_typed_values_win(tiny_victim, tmp_pat
     assert (tmp_path / "s" / "config.yaml").read_text().count("optimizer: sgd") == 1
 
 
+def test_local_augmentation_default_follows_the_scale_and_the_views():
+    base = {"dataset": "mnistm5k", "victimhead": False, "stolenhead": None}
+    for scale, views, losstype, typed, expected in (("cpu", None, "mse", None, "simclr"),
+                                                    ("cpu", None, "barlow", None, "none"),  # 2 augmented views
+                                                    ("cpu", 2, "mse", None, "none"),
+                                                    ("cpu", 2, "mse", "crop", "crop"),  # typed: kept
+                                                    ("paper", None, "mse", None, "none")):  # the reference
+        config = {**base, "scale": scale, "n_views": views, "losstype": losstype, "local_aug": typed}
+        steal.resolve_defaults(config)
+        assert config["local_aug"] == expected, (scale, views, losstype, typed)
+
+
 def test_fgsm_step_is_eps_sign_of_the_gradient_and_raises_the_loss():
     import knockoff
 
