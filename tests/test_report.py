@@ -181,3 +181,18 @@ def test_results_record_tags_roundtrip(tmp_path):
     rec = _record("table2", "mse", "mnistm5k", 0, 61.0)
     utils.append_jsonl(tmp_path / "x.jsonl", rec)
     assert json.loads((tmp_path / "x.jsonl").read_text()) == rec
+
+
+def test_sweeps_share_runs_with_table2_and_keep_the_image_steps():
+    eff = tables.plan("efficiency", "cpu", [0], None, "r.jsonl")
+    t2 = tables.plan("table2", "cpu", [0], None, "r.jsonl")
+    t1 = tables.plan("table1", "cpu", [0], None, "r.jsonl")
+    runs = lambda steps: {s.done_when for s in steps if s.script in ("steal", "stealhead")}  # noqa: E731
+    shared = runs(eff) & runs(t2)
+    assert {p.rsplit("/", 2)[1] for p in shared} == {"steal_mse_q500", "steal_infonce_q500", "steal_softnn_q500"}
+    assert "runs/tables_cpu/mnistm5k_s0/steal_softnn_q500/checkpoint.pt" in runs(t1)  # Table 1's direct row
+    epochs = {s.argv[s.argv.index("--num_queries") + 1]: s.argv[s.argv.index("--epochs") + 1]
+              for s in eff if "--epochs" in s.argv}
+    assert epochs == {"100": "500", "300": "166", "1000": "50"}  # 50,000 image-steps, at most 500 epochs
+    t9 = tables.plan("table9", "cpu", [0], None, "r.jsonl")
+    assert any("--force True" in s.command() and "steal_softnn_q3000_train_e16" in s.command() for s in t9)
