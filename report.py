@@ -174,6 +174,14 @@ def _errorbar(ax, xs, estimates, label, **kw):
                 capsize=3, label=label, **kw)
 
 
+def _log_x_at(ax, xs, fmt: str = "{:g}") -> None:
+    """A log x axis labelled at the measured points (not at powers of ten)."""
+    ax.set_xscale("log")
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [fmt.format(t) for t in ticks])
+    ax.minorticks_off()
+
+
 def _band(ax, e: Estimate | None, name: str, style: str) -> None:
     if e is None:
         return
@@ -184,13 +192,15 @@ def _band(ax, e: Estimate | None, name: str, style: str) -> None:
 
 def plot_queries(rows: dict, column: str, title: str, path: Path) -> None:
     def draw(ax):
+        xs = []
         for loss, pts in sorted(query_rows(rows).items()):
             es = [est(rows, row, column) for _, row in pts]
             keep = [(n, e) for (n, _), e in zip(pts, es) if e is not None]
             _errorbar(ax, [n for n, _ in keep], [e for _, e in keep], ROW_NAMES.get(loss, loss))
+            xs += [n for n, _ in keep]
         for row, style in (("victim", "--"), ("random", ":"), ("pixels", "-.")):
             _band(ax, est(rows, row, column), ROW_NAMES[row], style)
-        ax.set_xscale("log")
+        _log_x_at(ax, xs)
         ax.set_xlabel("queries")
         ax.set_ylabel(f"linear-probe top-1 % on {column}")
         ax.set_title(title, fontsize=9)
@@ -230,6 +240,7 @@ def efficiency_points(rows: dict, column: str, train_size: int) -> dict[str, lis
 
 def plot_efficiency(points: dict, paper_point: dict | None, title: str, path: Path) -> None:
     def draw(ax):
+        xs = [100 * f for pts in points.values() for f, _ in pts]
         for loss, pts in sorted(points.items()):
             _errorbar(ax, [100 * f for f, _ in pts], [e for _, e in pts], ROW_NAMES.get(loss, loss))
         ax.axhline(95, color="grey", linestyle="--", label="95% of the victim")
@@ -238,7 +249,7 @@ def plot_efficiency(points: dict, paper_point: dict | None, title: str, path: Pa
             ax.plot([100 * paper_point["queries"] / paper_point["victim_train_size"]],
                     [100 * paper_point["stolen"] / paper_point["victim"]], marker="*", markersize=14,
                     color="crimson", linestyle="none", label="paper: CIFAR10, SoftNN, 9K queries")
-        ax.set_xscale("log")
+        _log_x_at(ax, xs, "{:.3g}%")
         ax.set_xlabel("queries as % of the victim's training set")
         ax.set_ylabel("stolen top-1 as % of the victim's")
         ax.set_title(title, fontsize=9)
