@@ -8,6 +8,9 @@ measured over seeds. The seed comes from ``SSLSTEAL_TEST_SEED`` (default 0); the
 checked with 5 seeds, as another machine's floating point stands in for another seed:
 
   for s in 0 1 2 3 4; do SSLSTEAL_TEST_SEED=$s python -m pytest -q tests/test_quality.py -s; done
+
+Over seeds 0-4 the gaps varied by 7 points (sd) for the victim and 5 for the copy, mostly
+through the random initialisation (22-30%); each margin is its mean gap less 3 sd.
 """
 import os
 
@@ -49,8 +52,10 @@ def test_short_simclr_run_beats_random_init(victim, data):
     trained = linear_probe(encoder, train, holdout, device=CPU)["top1"]
     random_init = linear_probe(_random_init(encoder), train, holdout, device=CPU)["top1"]
     print(f"seed {SEED}: trained {trained:.1f}% vs random {random_init:.1f}%")
-    # measured over seeds 0-4 (30 epochs): gap MEASURED_GAP
-    assert trained > random_init + 10.0
+    # measured over seeds 0-4 (SSLSTEAL_TEST_SEED, 2-core CPU): trained 49.3 / 47.2 / 47.7 / 57.6 / 60.2 vs
+    # random 30.4 / 22.1 / 27.6 / 26.8 / 24.1, gaps 18.9 / 25.1 / 20.1 / 30.8 / 36.1 (mean 26.2, sd 7.3);
+    # the margin is the mean less 3 sd (22 points), rounded down
+    assert trained > random_init + 4.0
 
 
 def test_copy_stolen_with_300_queries_beats_random_init(victim, data, tmp_path):
@@ -61,6 +66,11 @@ def test_copy_stolen_with_300_queries_beats_random_init(victim, data, tmp_path):
     # evaluated on the held-out images, which the attacker never queried
     stolen_acc = linear_probe(stolen, train, holdout, device=CPU)["top1"]
     random_acc = linear_probe(_random_init(stolen), train, holdout, device=CPU)["top1"]
-    print(f"seed {SEED}: stolen {stolen_acc:.1f}% vs random {random_acc:.1f}%")
-    # measured over seeds 0-4: gap MEASURED_STEAL
-    assert stolen_acc > random_acc + 10.0
+    victim_acc = linear_probe(load_encoder(victim)[0], train, holdout, device=CPU)["top1"]
+    print(f"seed {SEED}: stolen {stolen_acc:.1f}% vs random {random_acc:.1f}% (victim {victim_acc:.1f}%)")
+    # measured over seeds 0-4: stolen 47.3 / 42.4 / 44.9 / 52.5 / 51.7, gaps over random 16.9 / 20.3 / 17.3 /
+    # 25.7 / 27.6 (mean 21.6, sd 4.9: mean less 3 sd is 6.9), and 0.96 / 0.90 / 0.94 / 0.91 / 0.86 of the victim
+    # (mean 0.91, sd 0.04: mean less 3 sd is 0.80). The second check fails for an attack that learns
+    # something useful but not the victim.
+    assert stolen_acc > random_acc + 4.0
+    assert stolen_acc >= 0.8 * victim_acc
