@@ -117,12 +117,14 @@ def collect(records: list[dict]) -> dict:
     return out
 
 
-def test_sizes(records: list[dict]) -> dict:
-    """{(table, scale): sorted n_test values} (the probe's held-out evaluation set sizes)."""
+def sizes_by_table(records: list[dict], field: str) -> dict:
+    """{(table, scale): sorted values of an integer field}: ``n_test`` (in the metrics; the probe's
+    held-out evaluation set) or ``victim_train_size`` (a record tag)."""
     out: dict = defaultdict(set)
     for r in records:
-        if "table" in r and "n_test" in r.get("metrics", {}):
-            out[(r["table"], r.get("scale", "?"))].add(int(r["metrics"]["n_test"]))
+        value = r.get("metrics", {}).get(field, r.get(field))
+        if "table" in r and value is not None:
+            out[(r["table"], r.get("scale", "?"))].add(int(value))
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -352,10 +354,6 @@ def claims(data: dict, train_sizes: dict) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------- report
 
 
-def verdict_md(verdict: str) -> str:
-    return f"**{verdict}**"
-
-
 def table_markdown(rows: dict, columns: list[str], paper: dict | None) -> list[str]:
     pcols = (paper or {}).get("columns", [])
     head = "| encoder | " + " | ".join(columns) + (" | paper (" + " / ".join(pcols) + ")" if paper else "") + " |"
@@ -379,11 +377,8 @@ def write_report(results_dir: Path, out: Path) -> Path:
         raise UserError(f"no results files (*.jsonl) in {results_dir}; run e.g. `bash scripts/table2.sh` first")
     records = [r for f in files for r in read_jsonl(f)]
     data = collect(records)
-    n_test = test_sizes(records)
-    train_sizes = {}
-    for r in records:
-        if "table" in r and "victim_train_size" in r:
-            train_sizes[(r["table"], r.get("scale", "?"))] = int(r["victim_train_size"])
+    n_test = sizes_by_table(records, "n_test")
+    train_sizes = {k: v[-1] for k, v in sizes_by_table(records, "victim_train_size").items()}
     paper = yaml.safe_load(PAPER.read_text())
     lines = ["# Reproduction report", "",
              "Our numbers are top-1 % of the linear probe (`linear_eval.py`: standardised features, "
@@ -401,7 +396,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
              "## Claims of the paper, checked at this scale", "",
              "| claim | verdict | evidence |", "|---|---|---|"]
     for claim, verdict, evidence in claims(data, train_sizes):
-        lines.append(f"| {claim} | {verdict_md(verdict)} | {evidence} |")
+        lines.append(f"| {claim} | **{verdict}** | {evidence} |")
     order = {t: i for i, t in enumerate(("efficiency", "table1", "table2", "table5", "table7", "table9"))}
     for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
         ref = paper.get(table, {})
