@@ -13,6 +13,7 @@ Half-precision inputs are computed in float32.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -351,13 +352,52 @@ LOSSES = {
 
 LOSS_NAMES = tuple(LOSSES)
 
-NEEDS = {
-    "supcon": frozenset({"labels", "n_views"}),
-    "barlow": frozenset({"n_views"}),
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a stealing loss needs from its caller; the scripts read this, never the loss names.
+
+    ``views``: views per image in a batch (2 = two augmented views, view-major rows);
+    ``labels``: needs the true class labels of the batch; ``n_views_kw``: takes the number
+    of views as the keyword ``n_views``; ``flags``: ``(keyword, config key)`` pairs of the
+    hyper-parameters the CLI feeds; ``through_head``: usable on a recreated head's outputs
+    by ``stealhead.py`` (supcon needs labels, symmetrized its own projector).
+    """
+    views: int = 1
+    labels: bool = False
+    n_views_kw: bool = False
+    flags: tuple[tuple[str, str], ...] = ()
+    through_head: bool = True
+
+    def hparams(self, config: dict) -> dict:
+        """The loss's hyper-parameters from a config (views and labels are added per batch)."""
+        return {kw: config[key] for kw, key in self.flags if config.get(key) is not None}
+
+    def batch_kwargs(self, n_views: int, labels: torch.Tensor | None = None) -> dict:
+        """The per-batch keywords: ``n_views`` and ``labels`` where the loss takes them."""
+        extra: dict = {"n_views": n_views} if self.n_views_kw else {}
+        if self.labels:
+            extra["labels"] = labels
+        return extra
+
+
+SPECS: dict[str, LossSpec] = {
+    "infonce": LossSpec(flags=(("temperature", "temperature"),)),
+    "mse": LossSpec(),
+    "softnn": LossSpec(flags=(("temperature", "temperaturesn"),)),
+    "wasserstein": LossSpec(),
+    "supcon": LossSpec(views=2, labels=True, n_views_kw=True, flags=(("temperature", "temperature"),),
+                       through_head=False),
+    "barlow": LossSpec(views=2, n_views_kw=True),
+    "symmetrized": LossSpec(views=2, through_head=False),
+    "softce": LossSpec(flags=(("temperature", "temperature"),)),
+    "bce": LossSpec(),
 }
-"""Keyword arguments a loss needs from the caller beyond ``(stolen, victim)``: ``labels``
-(true class labels of the batch) and/or ``n_views`` (the CLI's ``--n-views``; both losses
-need 2). Losses not listed need nothing."""
+"""Name -> :class:`LossSpec`, one entry per ``LOSSES`` entry (a test checks they match)."""
+
+NEEDS = {name: frozenset(kw for kw, on in (("labels", spec.labels), ("n_views", spec.n_views_kw)) if on)
+         for name, spec in SPECS.items() if spec.labels or spec.n_views_kw}
+"""Keyword arguments a loss needs from the caller beyond ``(stolen, victim)`` (from ``SPECS``)."""
 
 HPARAMS = {
     "infonce": frozenset({"temperature"}),
@@ -366,5 +406,7 @@ HPARAMS = {
     "barlow": frozenset({"lambd"}),
     "softce": frozenset({"temperature", "weights"}),
 }
-"""Optional hyper-parameter keywords each loss accepts (all have defaults). For the CLI:
-``softnn``'s ``temperature`` is ``--temperaturesn``; the others' is ``--temperature``."""
+"""Every optional hyper-parameter keyword each loss accepts (all have defaults); the ones the
+CLI feeds are ``SPECS[name].flags``."""
+
+HEAD_STEAL_LOSSES = tuple(n for n, spec in SPECS.items() if spec.through_head)

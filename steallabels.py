@@ -10,12 +10,12 @@ Examples:
   python steallabels.py --dataset mnistm5k --num_queries 500
   python steallabels.py --victim-checkpoint CKPT --modeloutput logits --mode knockoff
 """
-from knockoff import main as _main
+from extraction import build_parser, run
 from utils import run_cli
 
 
 def main(argv=None) -> dict:
-    return _main(argv, mode="standard", output="labels", doc=__doc__)
+    return run(vars(build_parser("standard", "labels", __doc__).parse_args(argv)))
 
 
 if __name__ == "__main__":

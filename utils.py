@@ -20,12 +20,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 
-class UserError(Exception):
-    """A problem with the user's input (flags, paths, files).
-
-    The CLI wrapper prints its message as one sentence and exits with status 2,
-    without a traceback unless ``--debug`` is given.
-    """
+from errors import UserError  # noqa: E402,F401  (re-exported: scripts import it from here)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -269,8 +264,11 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def scale_of(dataset: str) -> str:
-    """The scale ``--scale auto`` picks for a dataset: cpu for the offline sets, else paper."""
+def scale_of(dataset: str, scale: Optional[str] = None) -> str:
+    """The one place that decides the scale: ``scale`` when it is cpu or paper; for ``auto``
+    (or ``None``) cpu for the offline datasets and paper otherwise."""
+    if scale not in (None, "auto"):
+        return scale
     from data_aug import DATASETS
 
     return "cpu" if DATASETS[dataset].offline else "paper"
@@ -280,7 +278,7 @@ def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
     """The shared by-scale defaults (arch, width, image_size) for a dataset."""
     from data_aug import DATASETS
 
-    scale = scale if scale not in (None, "auto") else scale_of(dataset)
+    scale = scale_of(dataset, scale)
     preset = dict(SCALE_PRESETS[scale])
     if scale == "cpu":
         preset["image_size"] = DATASETS[dataset].cpu_image_size
@@ -290,19 +288,23 @@ def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ run directories
-# The one place that names default run directories (run.py, steal.py, linear_eval.py and
-# scripts/tables.py all call these).
+# The one place that names default run directories (every script and scripts/tables.py call these).
+
+
+def run_dir(kind: str, *parts: Any, seed: int) -> Path:
+    """A default ``--logdir``: ``runs/<kind>_<part>_..._s<seed>``."""
+    return Path("runs") / "_".join([kind, *map(str, parts), f"s{seed}"])
 
 
 def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None) -> Path:
     """run.py's default ``--logdir``: ``runs/victim_<dataset>_<arch>_w<width>_s<seed>``."""
     preset = preset_for(dataset)
-    return Path("runs") / f"victim_{dataset}_{arch or preset['arch']}_w{width or preset['width']}_s{seed}"
+    return run_dir("victim", dataset, arch or preset["arch"], f"w{width or preset['width']}", seed=seed)
 
 
-def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int) -> Path:
-    """steal.py's default ``--logdir``: ``runs/steal_<loss>_<queries>_<query dataset>_s<seed>``."""
-    return Path("runs") / f"steal_{losstype}_{num_queries}_{query_dataset}_s{seed}"
+def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int, kind: str = "steal") -> Path:
+    """steal.py's (and stealhead.py's) default ``--logdir``: ``runs/<kind>_<loss>_<queries>_<query data>_s<seed>``."""
+    return run_dir(kind, losstype, num_queries, query_dataset, seed=seed)
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = DEFAULT_DATASET) -> None:
@@ -345,9 +347,7 @@ def resolve_scale(args: argparse.Namespace, script_presets: dict[str, dict[str, 
     scale-dependent defaults to the shared ones.
     """
     config = dict(vars(args))
-    scale = config.get("scale", "auto")
-    if scale == "auto":
-        scale = scale_of(config["dataset"])
+    scale = scale_of(config["dataset"], config.get("scale"))
     preset = {**preset_for(config["dataset"], scale), **script_presets.get(scale, {})}
     for key, value in preset.items():
         if config.get(key) is None:

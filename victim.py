@@ -1,149 +1,320 @@
-"""The victim interface: the one object through which every attack queries a victim.
+"""The service side: a victim model behind an API, answering accounts through a chain of defenses.
 
-An attack never touches the victim's weights. It sends images and receives answers
-(representations, or projection-head outputs when it has head access), as a paying
-user of an encoder API would. The :class:`Victim` does the bookkeeping such an API and
-such an attacker do:
+A :class:`VictimService` is what the owner of an encoder runs. It holds
 
-* **counting**: every image sent is one query; every augmented view of an image is one
-  more. A call that would go past the budget is refused as a whole, before anything is
-  answered, so the budget is never overshot (the reference checked after each batch and
-  could overshoot by a batch);
-* **caching**: answers are stored under a key the attacker chooses (e.g. ``(index, view)``),
-  so a query answered once is never sent again: later epochs reuse the stored answers
-  instead of paying the victim's forward pass again (the reference re-queried every epoch);
-* **defenses**: the answers pass through ``defense(answers, state) -> answers`` (identity by
-  default), the hook that output perturbations fill in;
-* **logging**: ``queries.jsonl`` in the run directory gets one line per epoch (new
-  queries, cache hits, total used, and the keys of the new queries).
+* a **backend**: the model in this process. :class:`EncoderBackend` computes, for a batch of
+  images, the representation ``h(x)`` and, when the victim has one, its projection head's
+  output ``g(h(x))``; :class:`ClassifierBackend` computes a classifier's logits and labels;
+* which of those outputs it **answers** (``representation``, ``head``, ``logits``,
+  ``labels``): the others stay inside, e.g. for a detector that watches head outputs while
+  the API answers representations;
+* an ordered chain of **defenses** (``defenses.DEFENSES``): each may refuse a batch until a
+  proof of work is shown (``admit``) and may change the answers (``apply``), and sees the
+  account, the images, the answers, every output of the backend and its own per-account state;
+* per-**account** state: queries used, requests, an optional budget, and each defense's
+  state (answer history, puzzles, counters).
 
-What answers a query is a *backend*: any callable ``backend(images) -> answers`` on float
-images ``B x 3 x S x S`` in [0, 1], with an ``out_dim`` attribute. :class:`LocalEncoder`
-wraps a loaded encoder (and head); a remote HTTP API can implement the same two members
-without any attack changing.
+``answer(account, images, proof=None) -> answers`` is the one entry point. Every image is
+one query of that account; a batch that would take the account past its budget is refused
+whole, before anything is computed. ``info()`` is what the service publishes (output
+dimension, input size and format, the training dataset and architecture as a model card);
+its training recipe, weights and defenses stay private.
+
+The attacker side never imports a backend: it holds a connection (:meth:`VictimService.connect`,
+or an HTTP client later) with ``answer(images)``, ``out_dim`` and ``info``, and keeps its own
+budget, cache and log in :class:`client.QueryClient`.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Optional, Protocol, Sequence
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from data_aug import to_float
-from utils import UserError, append_jsonl
+from data_aug import DATASETS, dataset_info, to_float
+from errors import QueryBudgetExceeded, UserError
+from models import load_encoder
+from utils import DEFAULT_DATASET, victim_run_dir
 
 
-class QueryBudgetExceeded(UserError):
-    """A query would take the victim past its budget."""
+class ProofRequired(Exception):
+    """The service wants a proof of work for this batch before answering it.
+
+    ``puzzle`` (a :class:`defenses.pow.Puzzle`) is bound to the account and to the batch;
+    the client solves it and sends the batch again with ``proof={"challenge", "nonce"}``.
+    """
+
+    def __init__(self, puzzle):
+        super().__init__(f"proof of work required: {puzzle.bits} bits")
+        self.puzzle = puzzle
 
 
-class Backend(Protocol):
-    out_dim: int
+class EncoderBackend:
+    """A victim encoder (and optionally its projection head) in this process.
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-class LocalEncoder:
-    """A victim encoder in this process: representations ``h(x)``, or ``g(h(x))`` with ``head``."""
+    ``outputs(images)`` returns ``{"representation": h(x)}``, plus ``"head": g(h(x))`` and
+    ``"representation+head"`` (both, concatenated: one query, two outputs) when a head is
+    given; ``out_dims`` names the size of each.
+    """
 
     def __init__(self, encoder: nn.Module, head: Optional[nn.Module] = None, *,
                  device: torch.device | str = "cpu", batch_size: int = 512):
         self.device = torch.device(device)
-        self.encoder = encoder.to(self.device).eval()
-        self.head = None if head is None else head.to(self.device).eval()
-        for p in list(self.encoder.parameters()) + (list(self.head.parameters()) if self.head else []):
-            p.requires_grad_(False)
+        self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.head = None if head is None else head.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
-        self.out_dim = getattr(encoder, "out_dim", None)
+        self.out_dims = {"representation": int(encoder.out_dim)}
         if self.head is not None:
-            last = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]
-            self.out_dim = last.out_features
+            self.out_dims["head"] = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1].out_features
+            self.out_dims["representation+head"] = self.out_dims["representation"] + self.out_dims["head"]
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        outs = []
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        reps, heads = [], []
         for start in range(0, images.shape[0], self.batch_size):
-            x = images[start:start + self.batch_size].to(self.device)
-            h = self.encoder(x)
-            outs.append((h if self.head is None else self.head(h)).float())
-        return torch.cat(outs)
+            h = self.encoder(images[start:start + self.batch_size].to(self.device)).float()
+            reps.append(h)
+            if self.head is not None:
+                heads.append(self.head(h).float())
+        out = {"representation": torch.cat(reps)}
+        if heads:
+            out["head"] = torch.cat(heads)
+            out["representation+head"] = torch.cat([out["representation"], out["head"]], dim=1)
+        return out
 
 
-Defense = Callable[[torch.Tensor, dict], torch.Tensor]
+class ClassifierBackend:
+    """A classifier in this process: ``logits``, and ``labels`` as one-hot rows of the argmax."""
+
+    def __init__(self, classifier: nn.Module, num_classes: int, *, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.classifier = classifier.to(self.device).eval().requires_grad_(False)
+        self.out_dims = {"logits": num_classes, "labels": num_classes}
+
+    @torch.no_grad()
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.classifier(images.to(self.device)).float()
+        return {"logits": logits, "labels": F.one_hot(logits.argmax(1), logits.shape[1]).float()}
 
 
-def no_defense(answers: torch.Tensor, state: dict) -> torch.Tensor:
-    return answers
+@dataclass
+class Account:
+    """What the service knows about one customer."""
+    name: str
+    budget: Optional[int] = None
+    used: int = 0
+    requests: int = 0
+    state: dict = field(default_factory=dict)  # defense name -> that defense's state for this account
 
 
-class Victim:
-    """Counted, cached, defended access to a victim backend (see the module docstring)."""
+class VictimService:
+    """Answers accounts' queries through a chain of defenses (see the module docstring)."""
 
-    def __init__(self, backend: Backend, *, budget: Optional[int] = None, defense: Defense = no_defense,
-                 log_path: Optional[Path | str] = None, cache_device: torch.device | str = "cpu"):
-        if budget is not None and budget < 0:
-            raise ValueError(f"the query budget must be non-negative, got {budget}")
-        self.backend, self.budget, self.defense = backend, budget, defense
-        self.defense_state: dict = {}
-        self.log_path = None if log_path is None else Path(log_path)
-        self.cache_device = torch.device(cache_device)
-        self._cache: dict[Hashable, torch.Tensor] = {}
-        self.queries_used = 0
-        self.forward_calls = 0
-        self._epoch_new: list = []
-        self._epoch_hits = 0
+    def __init__(self, backend, *, answers: str = "representation", defenses: Sequence = (),
+                 info: Optional[dict] = None):
+        if answers not in backend.out_dims:
+            raise UserError(f"this victim cannot answer {answers!r}: it has {', '.join(backend.out_dims)} "
+                            f"(a victim without a projection head cannot answer head outputs)")
+        self.backend, self.answers, self.defenses = backend, answers, list(defenses)
+        self.accounts: dict[str, Account] = {}
+        self._info = {**(info or {}), "answers": answers, "out_dim": backend.out_dims[answers]}
+        if "+" in answers:
+            self._info["parts"] = {part: backend.out_dims[part] for part in answers.split("+")}
+        for defense in self.defenses:
+            defense.prepare(self)
 
     @property
     def out_dim(self) -> int:
-        return self.backend.out_dim
+        return self._info["out_dim"]
 
-    @property
-    def remaining(self) -> Optional[int]:
-        return None if self.budget is None else self.budget - self.queries_used
+    def info(self) -> dict:
+        """What the service publishes to its customers."""
+        return dict(self._info)
 
-    def query(self, images: torch.Tensor, keys: Optional[Sequence[Hashable]] = None) -> torch.Tensor:
-        """Answers for a batch of images (uint8 or float in [0, 1], ``B x 3 x S x S``).
+    def account(self, name: str, budget: Optional[int] = None) -> Account:
+        """The account ``name``, opened on first use (with ``budget`` queries, ``None`` = unlimited)."""
+        if name not in self.accounts:
+            if budget is not None and budget < 0:
+                raise UserError(f"an account budget must be non-negative, got {budget}")
+            self.accounts[name] = Account(name, budget)
+        return self.accounts[name]
 
-        ``keys`` name each query; a key answered before is served from the cache and
-        costs nothing. Without keys every image is a new, uncached query. Returns answers
-        ``B x D`` on the images' device, without gradient.
-        """
+    def usage(self, name: str) -> dict:
+        acc = self.account(name)
+        return {"account": name, "used": acc.used, "requests": acc.requests, "budget": acc.budget,
+                "remaining": None if acc.budget is None else acc.budget - acc.used}
+
+    def answer(self, account: str, images: torch.Tensor, proof: Optional[dict] = None) -> torch.Tensor:
+        """Answers for a batch (uint8, or float in [0, 1], ``B x 3 x S x S``); every image is one query."""
+        acc = self.account(account)
         n = images.shape[0]
-        if keys is not None and len(keys) != n:
-            raise ValueError(f"got {n} images but {len(keys)} keys")
-        new = list(range(n)) if keys is None else [i for i, k in enumerate(keys) if k not in self._cache]
-        # a key repeated inside one call is one query
-        if keys is not None:
-            first: dict = {}
-            new = [i for i in new if first.setdefault(keys[i], i) == i]
-        if self.budget is not None and self.queries_used + len(new) > self.budget:
-            raise QueryBudgetExceeded(
-                f"answering {len(new)} new queries would exceed the budget of {self.budget} "
-                f"({self.queries_used} used); raise --num_queries or query fewer images")
-        fresh = None
-        if new:
-            idx = torch.tensor(new, device=images.device)
-            fresh = self.defense(self.backend(to_float(images.index_select(0, idx))), self.defense_state)
-            self.forward_calls += 1
-            self.queries_used += len(new)
-            if keys is not None:
-                for j, i in enumerate(new):
-                    self._cache[keys[i]] = fresh[j].detach().to(self.cache_device)
-                self._epoch_new.extend(keys[i] for i in new)
-            else:
-                self._epoch_new.extend([None] * len(new))
-        if keys is None:
-            return fresh.detach().to(images.device)
-        self._epoch_hits += n - len(new)
-        return torch.stack([self._cache[k] for k in keys]).to(images.device)
+        if acc.budget is not None and acc.used + n > acc.budget:
+            raise QueryBudgetExceeded(f"account {account!r}: answering {n} queries would exceed its budget of "
+                                      f"{acc.budget} ({acc.used} used)")
+        x = to_float(images)
+        for defense in self.defenses:
+            defense.admit(account, x, acc.state.setdefault(defense.name, {}), proof)
+        outputs = self.backend.outputs(x)
+        answers = outputs[self.answers]
+        for defense in self.defenses:
+            answers = defense.apply(account, x, answers, acc.state[defense.name], outputs=outputs)
+        acc.used += n
+        acc.requests += 1
+        return answers
 
-    def end_epoch(self, epoch: int) -> dict:
-        """Write this epoch's line to the query log and reset the epoch counters."""
-        record = {"epoch": epoch, "new_queries": len(self._epoch_new), "cache_hits": self._epoch_hits,
-                  "queries_used": self.queries_used, "budget": self.budget,
-                  "new_keys": [k if isinstance(k, (int, str)) or k is None else list(k) for k in self._epoch_new]}
-        if self.log_path is not None:
-            append_jsonl(self.log_path, record)
-        self._epoch_new, self._epoch_hits = [], 0
-        return record
+    def connect(self, account: str = "user", budget: Optional[int] = None) -> "Connection":
+        """An in-process connection for ``account``: what an attack or a legitimate user holds."""
+        self.account(account, budget)
+        return Connection(self, account)
+
+
+class Connection:
+    """A customer's handle on an in-process service: ``answer(images)``, ``out_dim``, ``info``.
+
+    It is the transport, the part an HTTP client replaces: it sends a batch, and when the
+    service asks for a proof of work it solves the puzzle (counting the hashes and the
+    seconds spent, the customer's cost) and sends the batch again with the proof.
+    """
+
+    def __init__(self, service: VictimService, account: str):
+        self.service, self.account = service, account
+        self.info = service.info()
+        self.out_dim = self.info["out_dim"]
+        self.pow_hashes = 0
+        self.pow_seconds = 0.0
+        self.puzzles = 0
+
+    def answer(self, images: torch.Tensor) -> torch.Tensor:
+        from defenses.pow import solve
+
+        try:
+            return self.service.answer(self.account, images)
+        except ProofRequired as request:
+            t0 = time.perf_counter()
+            nonce, hashes = solve(request.puzzle)
+            self.pow_seconds += time.perf_counter() - t0
+            self.pow_hashes += hashes
+            self.puzzles += 1
+            return self.service.answer(self.account, images,
+                                       proof={"challenge": request.puzzle.challenge, "nonce": nonce})
+
+    def costs(self) -> dict:
+        return {"pow_puzzles": self.puzzles, "pow_hashes": self.pow_hashes, "pow_seconds": round(self.pow_seconds, 4)}
+
+
+# --------------------------------------------------------------------------------------
+# building a service from a victim checkpoint (the owner's side: it may read the checkpoint)
+
+
+def default_victim_checkpoint(dataset: Optional[str], seed: int, arch: Optional[str] = None,
+                              width: Optional[int] = None) -> Path:
+    """run.py's default checkpoint for this dataset/arch/width/seed."""
+    return victim_run_dir(dataset or DEFAULT_DATASET, seed, arch, width) / "checkpoint.pt"
+
+
+@dataclass
+class LoadedVictim:
+    """A victim checkpoint, checked against the flags that describe it."""
+    encoder: nn.Module
+    head: Optional[nn.Module]
+    checkpoint: dict
+    path: Path
+    dataset: str
+    image_size: int
+
+    def model_card(self) -> dict:
+        """What the service publishes about this victim (never its training recipe)."""
+        return {"dataset": self.dataset, "input_size": self.image_size,
+                "input": "RGB float in [0, 1], B x 3 x S x S (the model normalises inside)",
+                "arch": self.encoder.arch, "width": self.encoder.width, "stem": self.encoder.stem,
+                "has_head": self.head is not None}
+
+
+def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, seed: int = 0,
+                arch: Optional[str] = None, width: Optional[int] = None, lossvictim: Optional[str] = None,
+                epochstrain: Optional[int] = None) -> LoadedVictim:
+    """Load a victim checkpoint (default: run.py's default run for ``dataset``/``seed``) and check
+    it against the flags that describe it (``--arch --width --lossvictim --epochstrain --dataset``)."""
+    if path is None:
+        path = default_victim_checkpoint(dataset, seed, arch, width)
+        if not Path(path).is_file():
+            raise UserError(f"no victim checkpoint at {path}; train one with `python run.py --dataset "
+                            f"{dataset or DEFAULT_DATASET}` or pass --victim-checkpoint PATH")
+    path = Path(path)
+    encoder, head, ckpt = load_encoder(path, arch=arch, width=width, with_head=True)
+    vconfig = ckpt.get("config") or {}
+    for flag, value, key in (("lossvictim", lossvictim, "losstype"), ("epochstrain", epochstrain, "epochs")):
+        if value is not None and key in vconfig and vconfig[key] != value:
+            raise UserError(f"--{flag} {value} does not match the victim checkpoint {path}, which was "
+                            f"trained with {key} {vconfig[key]}; drop --{flag} or pass the right checkpoint")
+    trained_on = vconfig.get("dataset") or ckpt.get("dataset")
+    if dataset and trained_on and dataset != trained_on:
+        raise UserError(f"--dataset {dataset} does not match the victim checkpoint {path}, which was "
+                        f"trained on {trained_on}; drop --dataset or pass the right checkpoint")
+    dataset = dataset or trained_on
+    if dataset is None:
+        raise UserError(f"the victim checkpoint {path} does not name its dataset; pass --dataset")
+    if dataset not in DATASETS:
+        raise UserError(f"the victim checkpoint {path} names an unknown dataset {dataset!r}; pass --dataset")
+    image_size = int(vconfig.get("image_size") or dataset_info(dataset).native_size)
+    return LoadedVictim(encoder, head, ckpt, path, dataset, image_size)
+
+
+def build_service(victim: LoadedVictim, *, answers: str = "representation", defenses: Sequence = (),
+                  device: torch.device | str = "cpu") -> VictimService:
+    """A service answering ``answers`` of a loaded victim through ``defenses``.
+
+    The head is loaded whenever the checkpoint has one, so that a detector can watch head
+    outputs while the API answers representations; it is answered only with ``answers="head"``.
+    """
+    backend = EncoderBackend(victim.encoder, victim.head, device=device)
+    return VictimService(backend, answers=answers, defenses=defenses, info=victim.model_card())
+
+
+def add_victim_args(parser, *, head_flag: bool = True):
+    """The flags that name and describe the victim (the owner's side of an experiment)."""
+    from utils import str2bool
+
+    g = parser.add_argument_group("victim (the service side: the attack never reads its checkpoint)")
+    g.add_argument("--victim-checkpoint", default=None,
+                   help="the victim's checkpoint (default: run.py's default run directory for --dataset, "
+                        "--arch, --width and --seed, e.g. runs/victim_mnistm5k_resnet18_w8_s0/checkpoint.pt)")
+    g.add_argument("-dataset", "--dataset", dest="dataset", default=None, choices=sorted(DATASETS), metavar="NAME",
+                   help="the victim's training dataset (default: read from its checkpoint; mnistm5k when "
+                        "the checkpoint is found by its default path)")
+    g.add_argument("--archvic", dest="arch", default=None,
+                   help="the victim's architecture; checked against the checkpoint (default: the checkpoint's)")
+    g.add_argument("--width", "--widthvic", dest="width", type=int, default=None,
+                   help="the victim's base width; checked against the checkpoint (default: the checkpoint's)")
+    g.add_argument("--lossvictim", default=None,
+                   help="the loss the victim was trained with; checked against the checkpoint")
+    g.add_argument("--epochstrain", type=int, default=None,
+                   help="the victim's training epochs; checked against the checkpoint")
+    if head_flag:
+        g.add_argument("--victimhead", type=str2bool, default=False,
+                       help="access head: the victim answers its projection head output g(h) instead of h")
+    return g
+
+
+def service_from_config(config: dict, *, answers: str, scale_flag: Optional[str] = None,
+                        device: torch.device | str = "cpu") -> tuple[VictimService, dict]:
+    """The owner's side of an experiment: load the victim named by the flags, build its
+    defenses from their flags, and return ``(service, what to record in config.yaml)``."""
+    from defenses import build_defenses
+    from utils import scale_of
+
+    victim = load_victim(config.get("victim_checkpoint"), dataset=config.get("dataset"), seed=config["seed"],
+                         arch=config.get("arch"), width=config.get("width"), lossvictim=config.get("lossvictim"),
+                         epochstrain=config.get("epochstrain"))
+    scale = scale_of(victim.dataset, scale_flag)
+    defenses = build_defenses(config, scale)
+    service = build_service(victim, answers=answers, defenses=defenses, device=device)
+    record = {"victim_checkpoint": str(victim.path), "dataset": victim.dataset, "scale": scale,
+              "arch": victim.encoder.arch, "width": victim.encoder.width, "image_size": victim.image_size,
+              "victim_watermarked": bool(victim.checkpoint.get("watermark")),
+              "defenses": [d.describe() for d in defenses]}
+    return service, record

@@ -22,10 +22,11 @@ from data_aug import get_dataset, to_float  # noqa: E402
 from loss import LOSSES, NEEDS  # noqa: E402
 from models import build_encoder  # noqa: E402
 from utils import pick_device, setup_threads  # noqa: E402
-from victim import LocalEncoder, Victim  # noqa: E402
+from client import QueryClient  # noqa: E402
+from victim import EncoderBackend, VictimService  # noqa: E402
 
 
-def steal_epoch(victim: Victim, stolen, opt, inputs, batch: int, use_cache: bool, sync) -> float:
+def steal_epoch(victim: QueryClient, stolen, opt, inputs, batch: int, use_cache: bool, sync) -> float:
     sync()
     t0 = time.perf_counter()
     for start in range(0, inputs.shape[0], batch):
@@ -59,7 +60,7 @@ def main() -> None:
     venc = build_encoder("resnet18", width=args.victim_width or args.width)
     results = {}
     for use_cache in (True, False):
-        victim = Victim(LocalEncoder(venc, device=device))
+        victim = QueryClient(VictimService(EncoderBackend(venc, device=device)).connect("bench"))
         stolen = build_encoder("resnet18", width=args.width).to(device)
         if stolen.out_dim != victim.out_dim:
             raise SystemExit("stolen and victim widths must give the same output size")

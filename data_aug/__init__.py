@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from utils import UserError
+from errors import UserError
 
 from .augment import NViews, SimCLRAugment, to_float
 from .base import FolderImageSet, ImageSet, iterate_batches

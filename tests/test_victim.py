@@ -3,8 +3,11 @@ import json
 import pytest
 import torch
 
+from client import QueryClient
+from defenses.base import Defense
+from errors import QueryBudgetExceeded
 from models import build_encoder, build_mlp
-from victim import LocalEncoder, QueryBudgetExceeded, Victim
+from victim import EncoderBackend, VictimService
 
 
 class CountingBackend:
@@ -14,10 +17,14 @@ class CountingBackend:
     def __init__(self):
         self.calls, self.images = 0, 0
 
-    def __call__(self, x):
+    def answer(self, x):
         self.calls += 1
         self.images += x.shape[0]
         return x.mean(dim=(2, 3))
+
+
+def Victim(backend, **kwargs):
+    return QueryClient(backend, **kwargs)
 
 
 def images(n, seed=0):
@@ -73,31 +80,65 @@ def test_mixed_cached_and_new_keys_and_duplicates():
     assert v.queries_used == 3 and backend.images == 3
     assert torch.equal(out[2], out[3])
     # answers follow the keys, not the order in which they were first asked
-    assert torch.allclose(out[:2], backend(x[:2].float() / 255))
+    assert torch.allclose(out[:2], backend.answer(x[:2].float() / 255))
 
 
-def test_defense_hook_is_applied_once_and_identity_by_default():
-    plain = Victim(CountingBackend())
-    x = images(3)
-    assert torch.allclose(plain.query(x), x.float().div(255).mean(dim=(2, 3)))
-    seen = []
+class MeanBackend:
+    """A service backend: the mean pixel per channel as the 'representation'."""
+    out_dims = {"representation": 3}
 
-    def shift(answers, state):
-        seen.append(answers.shape[0])
+    def __init__(self):
+        self.images = 0
+
+    def outputs(self, x):
+        self.images += x.shape[0]
+        return {"representation": x.mean(dim=(2, 3))}
+
+
+class Shift(Defense):
+    name = "shift"
+
+    def __init__(self):
+        self.seen = []
+
+    def apply(self, account, images, answers, state, *, outputs):
+        self.seen.append((account, images.shape[0]))
         state["n"] = state.get("n", 0) + answers.shape[0]
         return answers + 1.0
 
-    defended = Victim(CountingBackend(), defense=shift)
-    out = defended.query(x, keys=[0, 1, 2])
-    defended.query(x, keys=[0, 1, 2])  # cached: the defense does not run again
+
+def test_defense_chain_sees_account_and_images_and_cached_answers_skip_it():
+    x = images(3)
+    plain = QueryClient(VictimService(MeanBackend()).connect("a"))
+    assert torch.allclose(plain.query(x), x.float().div(255).mean(dim=(2, 3)))
+    shift = Shift()
+    service = VictimService(MeanBackend(), defenses=[shift])
+    client = QueryClient(service.connect("alice"))
+    out = client.query(x, keys=[0, 1, 2])
+    client.query(x, keys=[0, 1, 2])  # cached: the service is not asked again
     assert torch.allclose(out, x.float().div(255).mean(dim=(2, 3)) + 1.0)
-    assert seen == [3] and defended.defense_state["n"] == 3
+    assert shift.seen == [("alice", 3)] and service.accounts["alice"].state["shift"] == {"n": 3}
+    assert service.usage("alice") == {"account": "alice", "used": 3, "requests": 1, "budget": None,
+                                      "remaining": None}
 
 
-def test_local_encoder_answers_without_gradient_and_with_head():
+def test_service_budget_is_per_account_and_refuses_whole_batches():
+    backend = MeanBackend()
+    service = VictimService(backend)
+    service.account("bob", budget=4)
+    service.answer("bob", images(3))
+    with pytest.raises(QueryBudgetExceeded, match="account 'bob'"):
+        service.answer("bob", images(2))
+    assert service.usage("bob")["used"] == 3 and backend.images == 3
+    service.answer("carol", images(5))  # another account, no budget
+    assert service.usage("carol")["used"] == 5
+
+
+def test_encoder_backend_answers_without_gradient_and_with_head():
     enc = build_encoder("resnet18", width=4)
     head = build_mlp([enc.out_dim, enc.out_dim, 8])
-    rep, proj = Victim(LocalEncoder(enc)), Victim(LocalEncoder(enc, head))
+    rep = QueryClient(VictimService(EncoderBackend(enc, head)).connect())
+    proj = QueryClient(VictimService(EncoderBackend(enc, head), answers="head").connect())
     x = images(5)
     h, z = rep.query(x), proj.query(x)
     assert h.shape == (5, 32) and z.shape == (5, 8) and rep.out_dim == 32 and proj.out_dim == 8
@@ -109,3 +150,7 @@ def test_local_encoder_answers_without_gradient_and_with_head():
     loss.backward()
     assert stolen.weight.grad is not None
     assert all(p.grad is None for p in enc.parameters())
+    from errors import UserError
+
+    with pytest.raises(UserError, match="cannot answer 'head'"):
+        VictimService(EncoderBackend(enc), answers="head")

@@ -1,0 +1,112 @@
+"""The attacker side: a customer's query client (budget, answer cache, query log).
+
+A :class:`QueryClient` wraps a *backend*: anything with ``answer(images) -> answers`` and
+``out_dim`` (and optionally ``info``), e.g. :meth:`victim.VictimService.connect` in this
+process, or an HTTP client later, without any attack changing. It does what a careful
+paying customer does:
+
+* **counting**: every image sent is one query; every augmented view of an image is one
+  more. A call that would go past the budget is refused as a whole, before anything is
+  sent, so the budget is never overshot (the reference checked after each batch and could
+  overshoot by a batch);
+* **caching**: answers are stored under a key the attacker chooses (``(image index, view)``),
+  so a query answered once is never sent again: later epochs reuse the stored answers
+  (the reference re-queried every epoch). A defended answer is cached as received, so
+  noise an attacker paid for stays frozen across epochs, as it would for a real customer;
+* **logging**: ``queries.jsonl`` gets one line per epoch (new queries, cache hits, total
+  used, and the keys of the new queries).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Hashable, Optional, Protocol, Sequence
+
+import torch
+
+from data_aug import to_float
+from errors import QueryBudgetExceeded
+from utils import append_jsonl
+
+
+class AnswerBackend(Protocol):
+    out_dim: int
+
+    def answer(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class QueryClient:
+    """Counted, cached, logged access to a victim (see the module docstring)."""
+
+    def __init__(self, backend: AnswerBackend, *, budget: Optional[int] = None,
+                 log_path: Optional[Path | str] = None, cache_device: torch.device | str = "cpu"):
+        if budget is not None and budget < 0:
+            raise ValueError(f"the query budget must be non-negative, got {budget}")
+        self.backend, self.budget = backend, budget
+        self.log_path = None if log_path is None else Path(log_path)
+        self.cache_device = torch.device(cache_device)
+        self._cache: dict[Hashable, torch.Tensor] = {}
+        self.queries_used = 0
+        self.requests = 0
+        self._epoch_new: list = []
+        self._epoch_hits = 0
+
+    @property
+    def out_dim(self) -> int:
+        return self.backend.out_dim
+
+    @property
+    def info(self) -> dict:
+        return dict(getattr(self.backend, "info", {}) or {"out_dim": self.out_dim})
+
+    @property
+    def remaining(self) -> Optional[int]:
+        return None if self.budget is None else self.budget - self.queries_used
+
+    def query(self, images: torch.Tensor, keys: Optional[Sequence[Hashable]] = None) -> torch.Tensor:
+        """Answers for a batch of images (uint8 or float in [0, 1], ``B x 3 x S x S``).
+
+        ``keys`` name each query; a key answered before is served from the cache and costs
+        nothing, and a key repeated inside one call is one query. Without keys every image
+        is a new, uncached query. Returns answers ``B x D`` on the images' device, without
+        gradient.
+        """
+        n = images.shape[0]
+        if keys is not None and len(keys) != n:
+            raise ValueError(f"got {n} images but {len(keys)} keys")
+        new = list(range(n)) if keys is None else [i for i, k in enumerate(keys) if k not in self._cache]
+        if keys is not None:
+            first: dict = {}
+            new = [i for i in new if first.setdefault(keys[i], i) == i]
+        if self.budget is not None and self.queries_used + len(new) > self.budget:
+            raise QueryBudgetExceeded(
+                f"answering {len(new)} new queries would exceed the budget of {self.budget} "
+                f"({self.queries_used} used); raise --num_queries or query fewer images")
+        fresh = None
+        if new:
+            idx = torch.tensor(new, device=images.device)
+            fresh = self.backend.answer(to_float(images.index_select(0, idx))).detach()
+            self.requests += 1
+            self.queries_used += len(new)
+            if keys is not None:
+                for j, i in enumerate(new):
+                    self._cache[keys[i]] = fresh[j].to(self.cache_device)
+                self._epoch_new.extend(keys[i] for i in new)
+            else:
+                self._epoch_new.extend([None] * len(new))
+        if keys is None:
+            return fresh.to(images.device)
+        self._epoch_hits += n - len(new)
+        return torch.stack([self._cache[k] for k in keys]).to(images.device)
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Write this epoch's line to the query log and reset the epoch counters."""
+        record = {"epoch": epoch, "new_queries": len(self._epoch_new), "cache_hits": self._epoch_hits,
+                  "queries_used": self.queries_used, "budget": self.budget,
+                  "new_keys": [k if isinstance(k, (int, str)) or k is None else list(k) for k in self._epoch_new]}
+        costs = getattr(self.backend, "costs", None)
+        if costs is not None:
+            record.update(costs())
+        if self.log_path is not None:
+            append_jsonl(self.log_path, record)
+        self._epoch_new, self._epoch_hits = [], 0
+        return record

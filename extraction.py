@@ -1,0 +1,195 @@
+"""Classic extraction of a downstream classifier, and FGSM transferability (Appendix A.2).
+
+The library behind ``knockoff.py`` and ``steallabels.py`` (their docstrings say what the
+experiment is): the owner builds a victim *classifier* (the victim encoder with a linear
+probe on the downstream task) behind a :class:`victim.VictimService` answering labels or
+logits; the attacker trains its own classifier on the answers through a
+:class:`client.QueryClient`; then accuracy, fidelity and FGSM transfer are measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_aug import DATASETS, dataset_info, get_dataset, split_holdout, to_float
+from probe import extract_features, train_probe
+from loss import softce
+from models import EncoderWithHead, build_encoder, build_mlp, save_checkpoint
+from simclr import Precision, fit
+from attack import image_batches, make_optimizer, query_pool, query_set
+from utils import (HelpFormatter, UserError, add_common_args, atomic_write_text, get_logger, pick_device,
+                   prepare_run_dir, seed_everything, setup_threads, str2bool, write_config)
+from utils import run_dir as run_dir_named
+from client import QueryClient
+from victim import ClassifierBackend, VictimService, load_victim
+
+MODE_DEFAULTS = {"standard": {"lr": 3e-4, "optimizer": "adam", "epochs": 100},
+                 "knockoff": {"lr": 0.1, "optimizer": "sgd", "epochs": 100}}
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """One-step FGSM (Goodfellow et al. 2015) on images in [0, 1]: ``clip(x + eps * sign(grad))``."""
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y)
+        grad, = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def transfer_rates(stolen: nn.Module, victim: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list,
+                   seed: int = 0) -> list[dict]:
+    """FGSM made on ``stolen``: error rates it causes on ``victim`` (on the images the victim got
+    right), on ``stolen`` itself, and the victim's rate under random-sign noise of the same size."""
+    gen = torch.Generator().manual_seed(seed)
+    right = predict(victim, x) == y
+    xs, ys = x[right], y[right]
+    rows = []
+    for eps in eps_list:
+        adv = torch.cat([fgsm(stolen, xs[i:i + 256], ys[i:i + 256], eps) for i in range(0, len(xs), 256)])
+        noise = torch.randint(0, 2, xs.shape, generator=gen).to(xs) * 2 - 1
+        noisy = (xs + eps * noise).clamp(0, 1)
+        rows.append({"eps": eps, "n": int(right.sum()),
+                     "victim_fooled_%": 100 * (predict(victim, adv) != ys).float().mean().item(),
+                     "stolen_fooled_%": 100 * (predict(stolen, adv) != ys).float().mean().item(),
+                     "victim_fooled_by_noise_%": 100 * (predict(victim, noisy) != ys).float().mean().item()})
+    return rows
+
+
+def build_parser(mode: str, output: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    p.add_argument("--victim-checkpoint", default=None,
+                   help="the victim encoder (default: run.py's default run directory for --dataset)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS), metavar="NAME",
+                   help="the victim encoder's dataset (default: from its checkpoint)")
+    p.add_argument("--dataset-test", dest="dataset_test", default=None, choices=sorted(DATASETS), metavar="NAME",
+                   help="the downstream task of the victim classifier (default: the victim's dataset)")
+    p.add_argument("--datasetsteal", default=None, choices=sorted(DATASETS), metavar="NAME",
+                   help="query dataset (default: the downstream dataset's test split without its holdout)")
+    p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
+    p.add_argument("--num_queries", type=int, default=500, help="query budget (one query per image)")
+    p.add_argument("--modeloutput", default=output, choices=["labels", "logits"], help="what the victim answers")
+    p.add_argument("--mode", default=mode, choices=["standard", "knockoff"],
+                   help="standard: CE on labels with Adam; knockoff: soft CE on probabilities with SGD")
+    p.add_argument("-a", "--arch", dest="archstolen", default=None,
+                   help="the attacker's encoder architecture (default: the victim's)")
+    p.add_argument("--widthstolen", type=int, default=None, help="the attacker's encoder width (default: the victim's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100)")
+    p.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=64, help="batch size")
+    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
+                   help="learning rate (by mode: standard 3e-4, knockoff 0.1)")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
+    p.add_argument("--fgsm-eps", type=float, nargs="+", default=[2 / 255, 4 / 255, 8 / 255, 16 / 255],
+                   help="FGSM step sizes (on [0, 1] images) for the transferability test")
+    p.add_argument("--holdout", type=int, default=None, help="evaluation images at the end of the test split")
+    p.add_argument("--logdir", default=None, help="run directory (default: runs/<mode>_<output>_<queries>_s<seed>)")
+    p.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
+                   help="replace an existing run in --logdir")
+    add_common_args(p)
+    return p
+
+
+def run(config: dict) -> dict:
+    """The whole experiment from parsed flags: the owner's classifier, the attack, the tests."""
+    config = dict(config, arch=None, width=None, n_views=1, force=False)
+    for key, value in MODE_DEFAULTS[config["mode"]].items():
+        if config.get(key) is None:
+            config[key] = value
+    device = pick_device(config["device"], config["gpu_index"])
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"])
+    venc = loaded.encoder
+    config.update(victim_checkpoint=str(loaded.path), dataset=loaded.dataset, image_size=loaded.image_size)
+    task = config["dataset_test"] = config["dataset_test"] or config["dataset"]
+    info = dataset_info(task)
+    if not info.num_classes:
+        raise UserError(f"{task} has no labels; pick a labelled --dataset-test")
+    size = config["image_size"]
+    train = get_dataset(task, info.train_split, root=config["data"], image_size=size)
+    query_part, evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
+                                           config["holdout"])
+    # queries: the downstream test split without its holdout, unless --datasetsteal names another set
+    pool, _ = query_pool(task, size, datasetsteal=config["datasetsteal"], holdout=len(evaluation), data=config["data"])
+    images = query_set(pool, config["num_queries"], 1)
+    if config["logdir"] is None:
+        config["logdir"] = str(run_dir_named(config["mode"], config["modeloutput"], config["num_queries"],
+                                             seed=config["seed"]))
+    run_dir = prepare_run_dir(config["logdir"])
+    if (run_dir / "results.json").exists() and not config["clear"]:
+        raise UserError(f"{run_dir} already holds results; pass --clear or another --logdir")
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(run_dir, config)
+    logger = get_logger(run_dir)
+
+    # the victim classifier: frozen victim encoder + a linear probe on the downstream train split
+    venc = venc.to(device).eval().requires_grad_(False)
+    feats, labels = extract_features(venc, train, device=device)
+    probe, _, _ = train_probe(feats, labels, num_classes=info.num_classes, seed=config["seed"], device=device)
+    victim_clf = EncoderWithHead(venc, probe).eval()
+    x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels.to(device)
+    victim_pred = predict(victim_clf, x_eval)
+    victim_acc = 100 * (victim_pred == y_eval).float().mean().item()
+    logger.info(f"victim classifier ({venc.arch} + linear probe on {task}): {victim_acc:.2f}% on {evaluation.split}")
+
+    service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
+                            answers=config["modeloutput"], info={"dataset": task, "input_size": size})
+    api = QueryClient(service.connect("attacker"), budget=config["num_queries"], log_path=run_dir / "queries.jsonl")
+    x_q = to_float(images.images).to(device)
+    answers = api.query(x_q, keys=list(range(len(x_q))))  # the attacker buys every answer once
+    api.end_epoch(0)
+    if config["modeloutput"] == "logits" and config["mode"] == "knockoff":
+        targets = answers  # soft CE against softmax(answers)
+    else:
+        targets = answers.argmax(1)
+
+    arch, width = config["archstolen"] or venc.arch, config["widthstolen"] or venc.width
+    config.update(archstolen=arch, widthstolen=width)
+    qinfo = dataset_info(images.name)
+    encoder = build_encoder(arch, stem=venc.stem, width=width, mean=qinfo.mean, std=qinfo.std)
+    head_kwargs = {"dims": [encoder.out_dim, info.num_classes]}
+    stolen = EncoderWithHead(encoder, build_mlp(**head_kwargs)).to(device)
+    batches, steps = image_batches(len(x_q), config["batch_size"])
+
+    def step(idx: torch.Tensor, generator: torch.Generator):
+        idx = idx.to(device)
+        out = stolen(x_q[idx])
+        t = targets[idx]
+        loss = softce(out, t) if t.dim() == 2 else F.cross_entropy(out, t)
+        return loss, {}, len(idx)
+
+    def save(state: dict) -> None:
+        save_checkpoint(run_dir / "checkpoint.pt", encoder=stolen.encoder, head=stolen.head, head_kwargs=head_kwargs,
+                        kind="stolen-classifier", dataset=task, config=config, queries_used=api.queries_used, **state)
+
+    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[stolen], optimizer=make_optimizer(config, stolen.parameters()), epochs=config["epochs"],
+        base_lr=config["lr"], seed=config["seed"], precision=Precision(device), save=save,
+        run_dir=run_dir, logger=logger, desc=config["mode"], tensorboard=False)
+    stolen.eval()
+    with torch.no_grad():
+        stolen_pred = predict(stolen, x_eval)
+    results = {
+        "mode": config["mode"], "modeloutput": config["modeloutput"], "queries": api.queries_used,
+        "victim_top1": victim_acc, "stolen_top1": 100 * (stolen_pred == y_eval).float().mean().item(),
+        "fidelity": 100 * (stolen_pred == victim_pred).float().mean().item(),
+        "fgsm_transfer": transfer_rates(stolen, victim_clf, x_eval, y_eval, config["fgsm_eps"], config["seed"]),
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    print(f"\nvictim classifier {results['victim_top1']:.1f}% | stolen ({config['mode']}, {config['modeloutput']}, "
+          f"{api.queries_used} queries) {results['stolen_top1']:.1f}% | fidelity {results['fidelity']:.1f}%")
+    print("\n| FGSM eps | victim fooled % (transfer) | stolen fooled % (white-box) | victim fooled by noise % |")
+    print("|---|---|---|---|")
+    for r in results["fgsm_transfer"]:
+        print(f"| {r['eps']:.4f} | {r['victim_fooled_%']:.1f} | {r['stolen_fooled_%']:.1f} "
+              f"| {r['victim_fooled_by_noise_%']:.1f} |")
+    print(f"results: {run_dir / 'results.json'}")
+    return results

@@ -1,0 +1,106 @@
+"""A legitimate customer of the victim's API: what a defense costs the people it should not hurt.
+
+The customer queries the victim service (through the same defenses an attacker would face)
+on the query pool's images (the victim dataset's test split without its evaluation
+holdout, as the reference's legitimate.py), trains a two-layer network
+``Linear(D, D) - ReLU - Linear(D, classes)`` on the answers with the true labels (Adam,
+``--lrhead``), and is tested on the holdout, whose answers also come through the service
+and its defenses (as in the reference). The paper's Tables 10-12 put this accuracy beside
+the adversary's (a stolen encoder's linear probe): ``scripts/defenses.py`` runs both.
+
+As the reference, ``--defence True`` picks similar-query detection when ``--losstype`` is
+infonce or softnn (the loss the adversary uses) and noise otherwise; ``--defenses`` names
+the chain explicitly. Results: results.json in the run directory, printed, and one record
+appended to ``--results`` when given (with its ``--tag`` fields).
+
+Examples:
+  python legitimate.py --dataset mnistm5k --defenses noise --mu 10 --sigma 2
+  python legitimate.py --victim-checkpoint CKPT --defence True --losstype infonce --sigma 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from attack import legitimate_user
+from defenses import add_defense_args
+from loss import LOSSES
+from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, atomic_write_text, get_logger,
+                   pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
+                   write_config)
+from victim import add_victim_args, service_from_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_victim_args(p, head_flag=False)
+    g = p.add_argument_group("the legitimate user")
+    g.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
+    g.add_argument("--num_queries", type=int, default=9000,
+                   help="training images queried (at most the query pool: 1,000 for the offline sets); the "
+                        "holdout's answers are queried too")
+    g.add_argument("--holdout", type=int, default=None,
+                   help="evaluation images at the end of the test split (default: the dataset's evaluation set)")
+    g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES),
+                   help="the adversary's loss: with --defence True it picks the defense (detection against "
+                        "infonce/softnn, noise otherwise), as in the reference")
+    g.add_argument("--epochs", type=int, default=100, help="training epochs of the two-layer network")
+    g.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=64, help="batch size")
+    g.add_argument("--lrhead", type=float, default=1e-3, help="Adam learning rate of the two-layer network")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
+    g.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
+                   help="preset of the defaults marked 'by scale' (detection thresholds)")
+    g.add_argument("--logdir", default=None, help="run directory (default: runs/legitimate_<dataset>_s<seed>)")
+    g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
+                   help="replace an existing run in --logdir")
+    g.add_argument("--results", default=None, help="append one JSON record to this file")
+    g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra field stored in the record (repeatable), e.g. --tag table=table10")
+    add_defense_args(p)
+    add_common_args(p)
+    return p
+
+
+def parse_tags(tags: list[str]) -> dict:
+    out = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise UserError(f"--tag {tag!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def main(argv=None) -> dict:
+    config = dict(vars(build_parser().parse_args(argv)))
+    tags = parse_tags(config["tag"])
+    device = pick_device(config["device"], config["gpu_index"])
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    service, victim_record = service_from_config(config, answers="representation", scale_flag=config["scale"],
+                                                 device=device)
+    config.update(victim_record)
+    if config["logdir"] is None:
+        config["logdir"] = str(run_dir("legitimate", config["dataset"], seed=config["seed"]))
+    out_dir = prepare_run_dir(config["logdir"])
+    if (out_dir / "results.json").exists() and not config["clear"]:
+        raise UserError(f"{out_dir} already holds results; pass --clear or another --logdir")
+    write_config(out_dir, config)
+    logger = get_logger(out_dir)
+    names = [d["name"] for d in config["defenses"]] or ["none"]
+    logger.info(f"legitimate user of a {config['arch']} victim on {config['dataset']}, defenses: {', '.join(names)}")
+    metrics = legitimate_user(config, service.connect("legitimate"), out_dir, logger, device)
+    atomic_write_text(out_dir / "results.json", json.dumps(metrics, indent=2))
+    print(f"legitimate user: top-1 {metrics['top1']:.2f}% on {metrics['n_test']} held-out images "
+          f"({metrics['n_train']} training queries; defenses: {', '.join(names)})")
+    if config["results"]:
+        append_jsonl(config["results"], {**tags, "role": "legitimate", "defenses": config["defenses"],
+                                         "seed": config["seed"], "metrics": metrics,
+                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)
