@@ -408,9 +408,11 @@ def legitimate_user(config: dict, connection, run_dir: Path, logger: logging.Log
     """A legitimate customer: a two-layer network trained on the service's (defended) answers.
 
     It queries the query pool's images (the victim's test split without its holdout, as the
-    reference's legitimate.py) once each, trains ``Linear(D, D) - ReLU - Linear(D, classes)``
-    with Adam and cross-entropy on the true labels, and tests on the holdout, whose answers
-    also come through the service (and its defenses). Returns accuracies in % and the costs.
+    reference's legitimate.py) once each, standardises the answers with the mean and std of
+    its training answers (as the adversary's linear probe standardises its features; the
+    reference fed raw answers), trains ``Linear(D, D) - ReLU - Linear(D, classes)`` with Adam
+    and cross-entropy on the true labels, and tests on the holdout, whose answers also come
+    through the service (and its defenses). Returns accuracies in % and the costs.
     """
     info = connection.info
     pool, holdout = query_pool(info["dataset"], info["input_size"], holdout=config.get("holdout"),
@@ -431,6 +433,8 @@ def legitimate_user(config: dict, connection, run_dir: Path, logger: logging.Log
     train_images = pool.subset(range(n_train))
     xtr, ytr = answers_for(train_images, "train").to(device), train_images.labels.to(device)
     xte, yte = answers_for(test_set, "test").to(device), test_set.labels.to(device)
+    mean, std = xtr.mean(0, keepdim=True), xtr.std(0, keepdim=True).clamp_min(1e-6)
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
     torch.manual_seed(config["seed"])
     d = xtr.shape[1]
     net = build_mlp(simclr_head_dims(d, num_classes)).to(device)

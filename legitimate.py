@@ -27,7 +27,7 @@ from attack import legitimate_user
 from defenses import add_defense_args
 from loss import LOSSES
 from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, atomic_write_text, get_logger,
-                   pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
+                   parse_tags, pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
                    write_config)
 from victim import add_victim_args, service_from_config
 
@@ -60,16 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_defense_args(p)
     add_common_args(p)
     return p
-
-
-def parse_tags(tags: list[str]) -> dict:
-    out = {}
-    for tag in tags:
-        key, sep, value = tag.partition("=")
-        if not sep or not key:
-            raise UserError(f"--tag {tag!r} is not KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def main(argv=None) -> dict:

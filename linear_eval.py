@@ -26,7 +26,7 @@ import torch
 from data_aug import dataset_info, get_dataset, split_holdout
 from models import build_encoder, load_encoder
 from probe import augmented_probe, linear_probe
-from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, pick_device, read_jsonl,
+from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, parse_tags, pick_device, read_jsonl,
                    run_cli, seed_everything, setup_threads)
 
 
@@ -99,12 +99,7 @@ def main(argv=None) -> list[dict]:
         records = read_jsonl(path)
         print_table(records)
         return records
-    tags = {}
-    for tag in args.tag:
-        key, sep, value = tag.partition("=")
-        if not sep or not key:
-            raise UserError(f"--tag {tag!r} is not KEY=VALUE")
-        tags[key] = value
+    tags = parse_tags(args.tag)
     device = pick_device(args.device, args.gpu_index)
     setup_threads()
     seed_everything(args.seed)

@@ -1,14 +1,17 @@
 """Steal a victim encoder through its outputs.
 
-The attacker sends images to the victim through :class:`victim.Victim` (counted, cached,
-budgeted) and trains a stolen encoder so that its outputs match the victim's answers
-under a chosen loss. The training loop is ``simclr.fit``, shared with victim training.
+The owner's side loads the victim into a service (``victim.VictimService``, with the
+defenses named by ``--defenses``/``--defence``); the attacker (``attack.steal_encoder``)
+holds only a connection to it, sends images through a ``client.QueryClient`` (counted,
+cached, budgeted) and trains a stolen encoder so that its outputs match the answers under
+a chosen loss. The training loop is ``simclr.fit``, shared with victim training.
 
 Examples:
   python run.py --dataset mnistm5k && python steal.py --dataset mnistm5k --losstype mse --num_queries 300
   python steal.py --victim-checkpoint CKPT --datasetsteal patches --losstype infonce --num_queries 1000
   python steal.py --victim-checkpoint CKPT --losstype infonce --victimhead True --stolenhead True  # access head
   python steal.py --victim-checkpoint CKPT --losstype supcon        # two augmented views, true labels
+  python steal.py --losstype infonce --n-views 2 --defenses detect --sigma 20   # a defended victim
 
 Attack variants: direct extraction (default: the victim answers its representation h);
 access head (``--victimhead True``: it answers g(h), and the stolen model needs its own

@@ -63,6 +63,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="show full tracebacks instead of one-line error messages")
 
 
+def parse_tags(tags: Iterable[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` flags as a dict (extra fields of a result record)."""
+    out = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise UserError(f"--tag {tag!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def run_cli(main: Callable[[Optional[list]], Any], argv: Optional[list] = None) -> None:
     """Run ``main`` and turn a :class:`UserError` into one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
@@ -294,6 +305,11 @@ def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
 def run_dir(kind: str, *parts: Any, seed: int) -> Path:
     """A default ``--logdir``: ``runs/<kind>_<part>_..._s<seed>``."""
     return Path("runs") / "_".join([kind, *map(str, parts), f"s{seed}"])
+
+
+def table_run_dir(scale: str, victim_dataset: str, seed: int, name: str) -> Path:
+    """A run of scripts/tables.py: ``runs/tables_<scale>/<victim dataset>_s<seed>/<name>`` (shared by tables)."""
+    return Path("runs") / f"tables_{scale}" / f"{victim_dataset}_s{seed}" / name
 
 
 def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None) -> Path:

@@ -245,7 +245,8 @@ def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, se
             raise UserError(f"no victim checkpoint at {path}; train one with `python run.py --dataset "
                             f"{dataset or DEFAULT_DATASET}` or pass --victim-checkpoint PATH")
     path = Path(path)
-    encoder, head, ckpt = load_encoder(path, arch=arch, width=width, with_head=True)
+    with torch.random.fork_rng(devices=[]):  # rebuilding the modules must not move the caller's random state
+        encoder, head, ckpt = load_encoder(path, arch=arch, width=width, with_head=True)
     vconfig = ckpt.get("config") or {}
     for flag, value, key in (("lossvictim", lossvictim, "losstype"), ("epochstrain", epochstrain, "epochs")):
         if value is not None and key in vconfig and vconfig[key] != value:

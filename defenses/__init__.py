@@ -47,7 +47,7 @@ def add_defense_args(parser: argparse.ArgumentParser, *, mu_default: float = 5.0
     g = parser.add_argument_group("defenses (serving side; see README: Defenses)")
     g.add_argument("--defence", type=str2bool, default=False,
                    help="the reference's switch: the victim defends itself with similar-query detection "
-                        f"against a {'/'.join(DETECTION_LOSSES)} attacker (--losstype) and with noise otherwise")
+                        f"against an attacker using {' or '.join(DETECTION_LOSSES)} (--losstype) and with noise otherwise")
     g.add_argument("--defenses", nargs="+", default=None, metavar="NAME",
                    help=f"the victim's defense chain, in order: any of {', '.join(DEFENSES)} (overrides --defence)")
     g.add_argument("--mu", type=float, default=mu_default, help="noise: mean of the Gaussian noise added")

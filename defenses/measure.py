@@ -30,7 +30,7 @@ from data_aug import to_float
 from defenses.detect import DETECT_ON, is_similar
 from defenses.pow_gate import ProofOfWork
 from defenses.similarity import nearest_earlier
-from utils import HelpFormatter, append_jsonl, run_cli, scale_of, setup_threads
+from utils import HelpFormatter, append_jsonl, parse_tags, run_cli, scale_of, setup_threads
 from victim import EncoderBackend, VictimService, load_victim
 
 # thresholds swept per scale, (metric, watched output) -> values; paper: the paper's Tables 13-15
@@ -127,8 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> list[dict]:
-    from legitimate import parse_tags
-
     args = build_parser().parse_args(argv)
     tags = parse_tags(args.tag)
     setup_threads()

@@ -24,6 +24,7 @@ under a name made of their flags, so two tables asking for the same attack share
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import UserError, append_jsonl, read_jsonl, run_cli, victim_run_dir  # noqa: E402
+from utils import UserError, append_jsonl, read_jsonl, run_cli, table_run_dir, victim_run_dir  # noqa: E402
 
 # per scale: victim datasets, downstream columns, queries, and the OOD query set
 SETUP = {
@@ -41,16 +42,21 @@ SETUP = {
             "table7_queries": [100, 300, 1000, 3000], "table7_losses": ["softnn", "mse", "infonce"],
             "table9_queries": [100, 300, 1000, 3000],
             "efficiency_queries": [100, 300, 500, 1000], "efficiency_losses": ["mse", "infonce", "softnn"],
-            "step_budget": 50_000, "seeds": [0, 1, 2]},
+            "step_budget": 50_000, "seeds": [0, 1, 2],
+            "defense_queries": 1000, "defense_epochs": 50, "noise_sigmas": [0, 0.25, 0.5, 1, 2],
+            "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4]},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
               "victim_train_size": 50000, "ood": "svhn",
               "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
               "table7_losses": ["softnn", "mse", "infonce"],
               "table9_queries": [500, 1000, 5000, 10000, 20000, 30000, 40000, 50000],
               "efficiency_queries": [500, 1000, 5000, 9000], "efficiency_losses": ["mse", "infonce", "softnn"],
-              "step_budget": None, "seeds": [0]},
+              "step_budget": None, "seeds": [0],
+              "defense_queries": 9000, "defense_epochs": None, "noise_sigmas": [0, 1, 2, 3, 4],
+              "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4]},
 }
 TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
+DEFENSE_TABLES = ("table10", "table11", "table12", "table13", "pow", "poison")
 BASELINES = ("victim", "random", "pixels")  # rows probed straight from the victim checkpoint
 
 
@@ -63,7 +69,8 @@ class Step:
     needs: str = ""                 # probes: the checkpoint they read
 
     def command(self) -> str:
-        return " ".join(["python", f"{self.script}.py"] + [shlex.quote(a) for a in self.argv])
+        program = f"-m {self.script}" if "." in self.script else f"{self.script}.py"
+        return " ".join(["python", program] + [shlex.quote(a) for a in self.argv])
 
 
 def victim_checkpoint(dataset: str, seed: int) -> str:
@@ -121,7 +128,7 @@ def plan(table: str, scale: str, seeds: list[int], data: str | None, results: st
                           + data_flags, done_when=vckpt))
         probes: list[tuple[str, str, str, dict]] = [(row, row, vckpt, {}) for row in BASELINES]
         for row, script, flags, extra_tags in attack_rows(table, s):
-            logdir = f"runs/tables_{scale}/{victim_ds}_s{seed}/{run_name(script, flags)}"
+            logdir = str(table_run_dir(scale, victim_ds, seed, run_name(script, flags)))
             steps.append(Step(script, ["--victim-checkpoint", vckpt, "--seed", str(seed), "--logdir", logdir,
                                        "--clear"] + flags + data_flags, done_when=f"{logdir}/checkpoint.pt"))
             probes.append((row, "stolen", f"{logdir}/checkpoint.pt", extra_tags))
@@ -133,6 +140,79 @@ def plan(table: str, scale: str, seeds: list[int], data: str | None, results: st
                         "--seed", str(seed), "--label", row, "--results", results] + data_flags
                 argv += [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")]
                 steps.append(Step("linear_eval", argv, tags=tags, needs=ckpt))
+    return steps
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def defense_columns(table: str, s: dict) -> list[tuple[str, list[str], list[str]]]:
+    """A defense table's columns: ``(column, the victim's defense flags, the adversary's flags)``.
+
+    The undefended column (sigma or strength 0) runs the victim behind noise of std 0, which
+    answers exactly what an undefended victim answers, through the same code path as the
+    defended columns (so a seed's stolen models start from the same initialisation); it is
+    one run shared by Tables 10 and 11 and poisoning, and for Table 12 it is the same as
+    passive detection (flags counted, nothing replaced).
+    """
+    q = ["--num_queries", str(s["defense_queries"])]
+    q += ["--epochs", str(s["defense_epochs"])] if s["defense_epochs"] else []
+    undefended = ["--defenses", "noise", "--sigma", "0"]
+    if table in ("table10", "table11"):
+        mu = "10" if table == "table10" else "0"
+        return [(f"sigma={_num(sig)}",
+                 undefended if sig == 0 else ["--defenses", "noise", "--mu", mu, "--sigma", _num(sig)],
+                 ["--losstype", "mse"] + q) for sig in s["noise_sigmas"]]
+    if table == "table12":
+        cols = []
+        for metric in ("cosine", "l2"):
+            for sig in s["detect_sigmas"]:
+                flags = undefended if sig == 0 else ["--defenses", "detect", "--detect-metric", metric, "--sigma",
+                                                     _num(sig)]
+                cols.append((f"{metric} sigma={_num(sig)}", flags, ["--losstype", "infonce", "--n-views", "2"] + q))
+        return cols
+    if table == "poison":
+        return [(f"strength={_num(x)}", undefended if x == 0 else ["--defenses", "poison", "--poison-strength", _num(x)],
+                 ["--losstype", "mse"] + q) for x in s["poison_strengths"]]
+    raise KeyError(table)
+
+
+def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
+    """Tables 10-15, the proof-of-work table and prediction poisoning: per seed and column, a
+    legitimate user and an adversary facing the same defended victim (Tables 10-12, poison),
+    or the training-free measurements of ``defenses.measure`` (table13 = Tables 13-15, pow)."""
+    s = SETUP[scale]
+    data_flags = ["-data", data] if data else []
+    steps: list[Step] = []
+    for seed in seeds:
+        vckpt = victim_checkpoint(s["victim"], seed)
+        steps.append(Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale]
+                          + data_flags, done_when=vckpt))
+        base = {"table": table, "scale": scale, "seed": str(seed), "victim_train_size": str(s["victim_train_size"])}
+        if table in ("table13", "pow"):
+            tags = {**base, "row": "detection" if table == "table13" else "pow", "column": "all"}
+            argv = ["detection" if table == "table13" else "pow", "--victim-checkpoint", vckpt, "--seed", str(seed),
+                    "--scale", scale, "--results", results] + data_flags
+            steps.append(Step("defenses.measure", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                              tags=tags, needs=vckpt))
+            continue
+        for column, defense_flags, adversary_flags in defense_columns(table, s):
+            common = ["--victim-checkpoint", vckpt, "--seed", str(seed)] + data_flags
+            tags = {**base, "row": "legitimate", "column": column}
+            name = f"legit_{table}_{run_name('x', defense_flags)[2:] or 'none'}"
+            logdir = str(table_run_dir(scale, s["victim"], seed, name))
+            steps.append(Step("legitimate", common + defense_flags + [
+                "--num_queries", str(s["defense_queries"]), "--logdir", logdir, "--clear", "--results", results]
+                + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")], tags=tags, needs=vckpt))
+            logdir = str(table_run_dir(scale, s["victim"], seed, run_name("steal", adversary_flags + defense_flags)))
+            steps.append(Step("steal", common + ["--logdir", logdir, "--clear"] + adversary_flags + defense_flags,
+                              done_when=f"{logdir}/checkpoint.pt"))
+            tags = {**base, "row": "adversary", "column": column}
+            argv = ["--checkpoint", f"{logdir}/checkpoint.pt", "--modeltype", "stolen", "--dataset-test", s["victim"],
+                    "--seed", str(seed), "--label", "adversary", "--results", results] + data_flags
+            steps.append(Step("linear_eval", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                              tags=tags, needs=f"{logdir}/checkpoint.pt"))
     return steps
 
 
@@ -190,7 +270,9 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=TABLES, help="which table")
+    p.add_argument("table", choices=TABLES + DEFENSE_TABLES,
+                   help="which table (defenses: table10 noise mean 10, table11 noise mean 0, table12 detection, "
+                        "table13 detection error rates = Tables 13-15, pow proof of work, poison)")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
@@ -205,7 +287,8 @@ def main(argv=None) -> list[Step]:
     args = build_parser().parse_args(argv)
     results = args.results or f"results/{args.table}_{args.scale}.jsonl"
     seeds = args.seeds if args.seeds is not None else SETUP[args.scale]["seeds"]
-    steps = plan(args.table, args.scale, seeds, args.data, results)
+    make = defense_plan if args.table in DEFENSE_TABLES else plan
+    steps = make(args.table, args.scale, seeds, args.data, results)
     if args.dry_run:
         for step in steps:
             print(step.command())
@@ -224,8 +307,7 @@ def main(argv=None) -> list[Step]:
             print(f"[{i}/{len(steps)}] pixels probe reused from {reuse['reused_from']}: {step.command()}", flush=True)
             continue
         print(f"[{i}/{len(steps)}] {step.command()}", flush=True)
-        module = __import__(step.script)
-        module.main(step.argv)
+        importlib.import_module(step.script).main(step.argv)
     print(f"\n{args.table} ({args.scale}): results in {results}; `python report.py` writes results/REPORT.md")
     return steps
 

@@ -8,8 +8,7 @@ import attack
 import legitimate
 import run
 import steal
-from client import QueryClient
-from data_aug import SimCLRAugment, get_dataset, to_float
+from data_aug import get_dataset, to_float
 from defenses import DEFENSES, build_defenses, defense_names
 from defenses.detect import SimilarQueryDetection
 from defenses.noise import NoisePerturbation
@@ -269,3 +268,15 @@ def test_a_defense_that_needs_the_head_says_so_for_a_headless_victim():
     with pytest.raises(UserError, match="--detect-on rep"):
         VictimService(EncoderBackend(enc), defenses=[SimilarQueryDetection("head", "cosine", 0.9)])
     assert build_mlp([4, 4]) is not None
+
+
+def test_stealhead_steals_through_a_defended_victim(tiny_victim, tmp_path):
+    """The reference's stealhead defence branch crashed; here it runs, with its noise mean 0."""
+    import stealhead
+
+    ckpt = stealhead.main(["--victim-checkpoint", str(tiny_victim), "--num_queries", "32", "-b", "16",
+                           "--epochs", "1", "--defence", "True", "--losstype", "mse", "--sigma", "1",
+                           "--device", "cpu", "--logdir", str(tmp_path / "h")])
+    config = load_checkpoint(ckpt)["config"]
+    assert config["defenses"] == [{"name": "noise", "mu": 0.0, "sigma": 1.0}]
+    assert load_checkpoint(ckpt)["queries_used"] == 32

@@ -196,3 +196,75 @@ def test_sweeps_share_runs_with_table2_and_keep_the_image_steps():
     assert epochs == {"100": "500", "300": "166", "1000": "50"}  # 50,000 image-steps, at most 500 epochs
     t9 = tables.plan("table9", "cpu", [0], None, "r.jsonl")
     assert any("--force True" in s.command() and "steal_softnn_q3000_train_e16" in s.command() for s in t9)
+
+
+# ------------------------------------------------------------------ the defense tables
+
+
+def test_defense_plan_pairs_a_legitimate_user_with_an_adversary_per_column():
+    steps = tables.defense_plan("table10", "cpu", [0], None, "results/table10_cpu.jsonl")
+    scripts = [s.script for s in steps]
+    assert scripts[0] == "run" and scripts.count("legitimate") == 5 and scripts.count("steal") == 5
+    assert scripts.count("linear_eval") == 5
+    steals = [s for s in steps if s.script == "steal"]
+    # sigma 0: noise of std 0, the undefended answers through the defended code path (shared with table11)
+    assert steals[0].done_when.endswith("mnistm5k_s0/steal_mse_q1000_e50_defensesnoise_sigma0/checkpoint.pt")
+    assert steals[0].argv[-4:] == ["--defenses", "noise", "--sigma", "0"]
+    t11 = tables.defense_plan("table11", "cpu", [0], None, "r.jsonl")
+    assert [s for s in t11 if s.script == "steal"][0].done_when == steals[0].done_when
+    assert steals[-1].argv[-6:] == ["--defenses", "noise", "--mu", "10", "--sigma", "2"]
+    columns = [s.tags["column"] for s in steps if s.script == "legitimate"]
+    assert columns == ["sigma=0", "sigma=0.25", "sigma=0.5", "sigma=1", "sigma=2"]
+    t12 = tables.defense_plan("table12", "cpu", [0], None, "r.jsonl")
+    assert {s.tags["column"] for s in t12 if s.script == "legitimate"} == {
+        f"{m} sigma={x}" for m in ("cosine", "l2") for x in (0, 20, 40, 60)}
+    assert all("--n-views" in s.argv for s in t12 if s.script == "steal")
+    measure = tables.defense_plan("table13", "cpu", [0, 1], None, "r.jsonl")
+    assert [s.script for s in measure] == ["run", "defenses.measure"] * 2
+    assert measure[1].command().startswith("python -m defenses.measure detection")
+
+
+def test_defense_plan_resumes_from_its_records():
+    steps = tables.defense_plan("poison", "cpu", [0], None, "r.jsonl")
+    done = [{"table": "poison", "scale": "cpu", "row": s.tags["row"], "column": s.tags["column"], "seed": "0"}
+            for s in steps if s.tags]
+    assert not any(tables.pending(steps, done))
+    todo = tables.pending(steps, done[1:])  # the first legitimate user's record is missing
+    assert [steps[i].script for i, t in enumerate(todo) if t] == ["legitimate"]
+
+
+def _defense_records():
+    recs = []
+    # per seed (0, 1, 2): undefended 60 (legitimate) / 58 (adversary); at sigma=2 the legitimate user loses
+    # 1 + shift and the adversary 6 + 2 * shift: the difference of drops is 5 + shift, mean 5.5, sd 0.5
+    for seed, shift in enumerate(SHIFTS):
+        for row, base, drop in (("legitimate", 60.0, 1.0 + shift), ("adversary", 58.0, 6.0 + 2 * shift)):
+            recs.append(_record("table10", row, "sigma=0", seed, base))
+            recs.append(_record("table10", row, "sigma=2", seed, base - drop))
+        recs.append({"table": "table13", "scale": "cpu", "row": "detection", "column": "all", "seed": str(seed),
+                     "metrics": {"metric": "cosine", "on": "head", "threshold": 0.9, "n": 500, "draws": 5,
+                                 "fp_mean": 5.0 + shift, "fp_std": 0.3, "fn_mean": 24.0, "fn_std": 1.0}})
+    return recs
+
+
+def test_noise_claim_compares_paired_drops_by_hand(tmp_path):
+    from report_defenses import noise_claims
+
+    data = report.collect(_defense_records())
+    (claim, verdict, evidence), = noise_claims(data)
+    # mean 5.5, half-width t(0.975, 2) * 0.5 / sqrt(3) = 1.24: the interval is above 0
+    assert "mean-shifted noise" in claim and verdict == "holds" and "5.5 ± 1.2" in evidence
+    recs = [dict(r, metrics={**r["metrics"], "top1": 80.0}) if r.get("row") == "legitimate"
+            and r.get("column") == "sigma=0" else r for r in _defense_records()]
+    (_, verdict, _), = noise_claims(report.collect(recs))
+    assert verdict == "does not hold"  # now the legitimate user loses about 21 points, the adversary 7
+
+
+def test_report_writes_the_defense_sections_and_the_tradeoff_plot(tmp_path):
+    for r in _defense_records():
+        utils.append_jsonl(tmp_path / "table10_cpu.jsonl", r)
+    out = report.write_report(tmp_path, tmp_path / "REPORT.md")
+    text = out.read_text()
+    assert "Table 10: Gaussian noise of mean 10" in text and "| sigma=2 | 58.5 ± " in text
+    assert "| cosine | head | 0.9 | 5.5 ± 0.5 | 24.0 ± 0.0 |" in text  # fp 5.0, 5.5, 6.0 over seeds
+    assert (tmp_path / "table13_cpu_tradeoff.png").stat().st_size > 1000
