@@ -97,9 +97,9 @@ def test_default_detector_flags_augmented_views_and_spares_distinct_images(victi
         rates.append(state["last_flags"].float().mean().item())
     service.answer("other", pool[:50])
     print(f"seed {SEED}: flagged distinct {rates[0]:.2f}, augmented views {rates[1]:.2f}, repeats {rates[2]:.2f}")
-    # measured on the 80-epoch victims (python -m defenses.measure detection, 3 seeds): 5.6% of distinct images
-    # and 76% of augmented views flagged; on this 30-epoch victim, seed 0: 15% of 500 distinct images, 70% of
-    # the views
+    # measured on this 30-epoch victim, seeds 0 / 1 / 2: 15 / 10 / 11% of 500 distinct images flagged (mean 12,
+    # sd 3) and 70 / 68 / 70% of their augmented views (mean 69, sd 1); the bounds sit 4 sd (distinct) and
+    # about 19 sd (views) away. On the 80-epoch victims (python -m defenses.measure detection): 5.6% and 76%.
     assert rates[2] == 1.0
     assert rates[1] > 0.5 and rates[0] < 0.25 and rates[1] > rates[0] + 0.3
     # the same 50 images from another account: its own history only, so no repeat (the attacker's: 50 of 50)

@@ -224,13 +224,17 @@ def test_defense_plan_pairs_a_legitimate_user_with_an_adversary_per_column():
     assert measure[1].command().startswith("python -m defenses.measure detection")
 
 
-def test_defense_plan_resumes_from_its_records():
+@pytest.mark.parametrize("victim_trained", [True, False])
+def test_defense_plan_resumes_from_its_records(monkeypatch, victim_trained):
+    monkeypatch.setattr(tables, "checkpoint_finished", lambda path: victim_trained)
     steps = tables.defense_plan("poison", "cpu", [0], None, "r.jsonl")
     done = [{"table": "poison", "scale": "cpu", "row": s.tags["row"], "column": s.tags["column"], "seed": "0"}
             for s in steps if s.tags]
     assert not any(tables.pending(steps, done))
     todo = tables.pending(steps, done[1:])  # the first legitimate user's record is missing
-    assert [steps[i].script for i, t in enumerate(todo) if t] == ["legitimate"]
+    # it needs the victim: trained already, or trained first (a fresh clone has no runs/)
+    expected = ["legitimate"] if victim_trained else ["run", "legitimate"]
+    assert [steps[i].script for i, t in enumerate(todo) if t] == expected
 
 
 def _defense_records():
