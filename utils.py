@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -48,8 +49,81 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class Numeric:
+    """An argparse ``type`` that parses a number and checks its range, with one sentence on error.
+
+    ``Numeric(int, low=1)`` is a positive integer; ``Numeric(float, low=0, low_open=True)`` a
+    positive number; NaN and infinities are refused unless ``finite=False``.
+    """
+
+    def __init__(self, kind: type, low: Optional[float] = None, high: Optional[float] = None, *,
+                 low_open: bool = False, high_open: bool = False, finite: bool = True):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.finite = finite
+        self.__name__ = self.describe()  # argparse names the type in some messages
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return (f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        kind = "integer" if self.kind is int else "number"
+        if self.low == 0:
+            return f"a positive {kind}" if self.low_open else f"a non-negative {kind} (0 or more)"
+        if self.low == 1 and self.kind is int and not self.low_open:
+            return "a positive integer (1 or more)"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        return "a finite number" if self.kind is float else noun
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expects {self.describe()}, got {text!r}") from None
+        if self.kind is float and self.finite and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expects {self.describe()}, got {text!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expects {self.describe()}, got {text!r}")
+        return value
+
+
+_POS_INT, _NONNEG_INT = Numeric(int, 1), Numeric(int, 0)
+_POS, _NONNEG, _FINITE = Numeric(float, 0, low_open=True), Numeric(float, 0), Numeric(float)
+# The one table of what every numeric flag of every script accepts (by argparse dest).
+NUMERIC_RULES: dict[str, Numeric] = {
+    **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
+                     "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
+                     "widthstolen", "holdout", "puzzles"], _POS_INT),
+    **dict.fromkeys(["gpu_index", "seed", "seeds", "workers"], _NONNEG_INT),
+    **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
+    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn"], _POS),
+    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps"], _NONNEG),
+    **dict.fromkeys(["mu", "detect_mu", "detect_threshold"], _FINITE),
+    "crop_min_scale": Numeric(float, 0, 1, low_open=True),
+    "hflip_p": Numeric(float, 0, 1),
+    "pow_threshold": Numeric(float, -1, 1),
+}
+
+
+def apply_numeric_rules(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give every int/float flag of ``parser`` its checked type from ``NUMERIC_RULES``.
+
+    A numeric flag without a rule is a programming error (a test parses every script's flags).
+    """
+    for action in parser._actions:
+        if action.type in (int, float) or isinstance(action.type, Numeric):
+            if action.dest not in NUMERIC_RULES:
+                raise KeyError(f"no rule in utils.NUMERIC_RULES for the numeric flag {action.option_strings}")
+            action.type = NUMERIC_RULES[action.dest]
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Flags every script shares; defined once here."""
+    """Flags every script shares; defined once here. Call it last: it also gives every numeric
+    flag of the parser its checked type (``apply_numeric_rules``)."""
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for every random generator; on CPU the same seed gives the same run")
     parser.add_argument("--device", default="auto",
@@ -61,6 +135,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "(in-memory datasets are batched directly and need none)")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line error messages")
+    apply_numeric_rules(parser)
 
 
 def parse_tags(tags: Iterable[str]) -> dict[str, str]:

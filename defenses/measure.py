@@ -30,7 +30,7 @@ from data_aug import to_float
 from defenses.detect import DETECT_ON, is_similar
 from defenses.pow_gate import ProofOfWork
 from defenses.similarity import nearest_earlier
-from utils import HelpFormatter, append_jsonl, parse_tags, run_cli, scale_of, setup_threads
+from utils import HelpFormatter, append_jsonl, apply_numeric_rules, parse_tags, run_cli, scale_of, setup_threads
 from victim import EncoderBackend, VictimService, load_victim
 
 # thresholds swept per scale, (metric, watched output) -> values; paper: the paper's Tables 13-15
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="append one JSON record per row to this file")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra record fields")
     p.add_argument("--device", default="cpu", help="device of the victim's forward passes")
-    return p
+    return apply_numeric_rules(p)
 
 
 def main(argv=None) -> list[dict]:

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import UserError, append_jsonl, read_jsonl, run_cli, table_run_dir, victim_run_dir  # noqa: E402
+from utils import (UserError, append_jsonl, apply_numeric_rules, read_jsonl, run_cli, table_run_dir,  # noqa: E402
+                   victim_run_dir)
 
 # per scale: victim datasets, downstream columns, queries, and the OOD query set
 SETUP = {
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-data", "--data", dest="data", default=None, help="root of the real datasets (paper scale)")
     p.add_argument("--results", default=None, help="results file (default: results/<table>_<scale>.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    return p
+    return apply_numeric_rules(p)
 
 
 def main(argv=None) -> list[Step]:

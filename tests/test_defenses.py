@@ -72,7 +72,11 @@ def test_bad_defense_settings_get_one_sentence(over, match):
 def test_cli_rejects_bad_defense_flags_with_a_sentence(tiny_victim, tmp_path, script):
     res = script("steal.py", "--victim-checkpoint", tiny_victim, "--defenses", "noise", "--sigma", "-1",
                  "--num_queries", "32", "--epochs", "1", "--logdir", tmp_path / "s")
-    assert res.returncode == 2 and "--sigma must be a non-negative number" in res.stderr
+    assert res.returncode == 2 and "argument --sigma: expects a non-negative number" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = script("steal.py", "--victim-checkpoint", tiny_victim, "--defenses", "detect", "--detect-threshold", "1.5",
+                 "--num_queries", "32", "--epochs", "1", "--logdir", tmp_path / "t")
+    assert res.returncode == 2 and "outside [-1, 1]" in res.stderr.splitlines()[-1]
     assert "Traceback" not in res.stderr
 
 
