@@ -25,7 +25,7 @@ import time
 
 from attack import legitimate_user
 from defenses import add_defense_args
-from loss import LOSSES
+from loss import LOSSES, canonical_loss
 from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, atomic_write_text, get_logger,
                    parse_tags, pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
                    write_config)
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "holdout's answers are queried too")
     g.add_argument("--holdout", type=int, default=None,
                    help="evaluation images at the end of the test split (default: the dataset's evaluation set)")
-    g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES),
+    g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES), type=canonical_loss,
                    help="the adversary's loss: with --defence True it picks the defense (detection against "
                         "infonce/softnn, noise otherwise), as in the reference")
     g.add_argument("--epochs", type=int, default=100, help="training epochs of the two-layer network")

@@ -352,6 +352,14 @@ LOSSES = {
 
 LOSS_NAMES = tuple(LOSSES)
 
+LOSS_ALIASES = {"wassersein": "wasserstein"}
+"""Other spellings the reference's command lines use (its ``wassersein`` typo)."""
+
+
+def canonical_loss(name: str) -> str:
+    """A ``--losstype`` value with the reference's spellings mapped to ours (an argparse ``type``)."""
+    return LOSS_ALIASES.get(name, name)
+
 
 @dataclass(frozen=True)
 class LossSpec:

@@ -34,7 +34,7 @@ from pathlib import Path
 from attack import LOCAL_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal_encoder
 from data_aug import DATASETS
 from defenses import add_defense_args
-from loss import LOSSES
+from loss import LOSSES, canonical_loss
 from utils import (HelpFormatter, UserError, add_common_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query the train split of the victim's own dataset instead of its test split")
 
     g = p.add_argument_group("stolen model and training")
-    g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES), help="stealing loss")
+    g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES), type=canonical_loss,
+                   help="stealing loss (the reference's spelling wassersein is accepted for wasserstein)")
     g.add_argument("--archstolen", default=None, help="stolen architecture (default: the victim's)")
     g.add_argument("--widthstolen", type=int, default=None, help="stolen encoder width (default: the victim's)")
     g.add_argument("--stolenhead", type=str2bool, default=None,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from attack import HEAD_LOSSES, resolve_defaults, steal_through_recreated_head
 from defenses import add_defense_args
-from loss import HEAD_STEAL_LOSSES
+from loss import HEAD_STEAL_LOSSES, canonical_loss
 from utils import (HelpFormatter, UserError, add_common_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("stolen model")
     g.add_argument("-a", "--arch", dest="archstolen", default=None, help="stolen architecture (default: the victim's)")
     g.add_argument("--widthstolen", type=int, default=None, help="stolen width (default: the victim's)")
-    g.add_argument("--losstype", default="infonce", choices=HEAD_STEAL_LOSSES,
+    g.add_argument("--losstype", default="infonce", choices=HEAD_STEAL_LOSSES, type=canonical_loss,
                    help="stealing loss between the stolen head's output and g'(h)")
     g.add_argument("--epochs", type=int, default=None, help="stealing epochs (by scale)")
     g.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=None, help="images per step (by scale)")

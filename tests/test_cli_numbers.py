@@ -87,3 +87,8 @@ def test_numeric_type_by_hand():
     assert Numeric(int, 1)("3") == 3
     with pytest.raises(Exception, match="expects a positive integer"):
         Numeric(int, 1)("1.5")
+
+
+@pytest.mark.parametrize("name", ["steal", "stealhead", "legitimate"])
+def test_the_references_wassersein_spelling_is_accepted(name):
+    assert _parser(name).parse_args(["--losstype", "wassersein"]).losstype == "wasserstein"
