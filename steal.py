@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("stolen model and training")
     g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES), type=canonical_loss,
                    help="stealing loss (the reference's spelling wassersein is accepted for wasserstein)")
-    g.add_argument("--archstolen", default=None, help="stolen architecture (default: the victim's)")
-    g.add_argument("--widthstolen", type=int, default=None, help="stolen encoder width (default: the victim's)")
+    g.add_argument("--archstolen", default=None,
+                   help="stolen architecture (default: the victim's, as its service publishes it)")
+    g.add_argument("--widthstolen", type=int, default=None,
+                   help="stolen encoder width (default: the victim's, as its service publishes it)")
     g.add_argument("--stolenhead", type=str2bool, default=None,
                    help="the stolen model has its own head (h -> h -> victim answer size) whose output is "
                         "matched to the answers; needed with --victimhead True (default: False)")

@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tempsn", dest="temperaturesn", type=float, default=100.0, help="soft-NN temperature")
 
     g = p.add_argument_group("stolen model")
-    g.add_argument("-a", "--arch", dest="archstolen", default=None, help="stolen architecture (default: the victim's)")
-    g.add_argument("--widthstolen", type=int, default=None, help="stolen width (default: the victim's)")
+    g.add_argument("-a", "--arch", dest="archstolen", default=None,
+                   help="stolen architecture (default: the victim's, as its service publishes it)")
+    g.add_argument("--widthstolen", type=int, default=None,
+                   help="stolen width (default: the victim's, as its service publishes it)")
     g.add_argument("--losstype", default="infonce", choices=HEAD_STEAL_LOSSES, type=canonical_loss,
                    help="stealing loss between the stolen head's output and g'(h)")
     g.add_argument("--epochs", type=int, default=None, help="stealing epochs (by scale)")
