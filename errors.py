@@ -12,3 +12,16 @@ class UserError(Exception):
 
 class QueryBudgetExceeded(UserError):
     """A query would take an account past its budget."""
+
+
+class ProofRequired(Exception):
+    """The service wants a proof of work for this batch before answering it.
+
+    ``puzzle`` (a :class:`defenses.pow.Puzzle`) is bound to the account and to the batch;
+    the client solves it and sends the batch again with ``proof={"challenge", "nonce"}``.
+    Raised by the ``pow`` defense, caught by the client's connection.
+    """
+
+    def __init__(self, puzzle):
+        super().__init__(f"proof of work required: {puzzle.bits} bits")
+        self.puzzle = puzzle

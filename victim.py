@@ -36,21 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_aug import DATASETS, dataset_info, to_float
-from errors import QueryBudgetExceeded, UserError
+from defenses.pow import solve
+from errors import ProofRequired, QueryBudgetExceeded, UserError  # noqa: F401  (ProofRequired: re-exported)
 from models import load_encoder
 from utils import DEFAULT_DATASET, victim_run_dir
-
-
-class ProofRequired(Exception):
-    """The service wants a proof of work for this batch before answering it.
-
-    ``puzzle`` (a :class:`defenses.pow.Puzzle`) is bound to the account and to the batch;
-    the client solves it and sends the batch again with ``proof={"challenge", "nonce"}``.
-    """
-
-    def __init__(self, puzzle):
-        super().__init__(f"proof of work required: {puzzle.bits} bits")
-        self.puzzle = puzzle
 
 
 class EncoderBackend:
@@ -189,8 +178,6 @@ class Connection:
         self.puzzles = 0
 
     def answer(self, images: torch.Tensor) -> torch.Tensor:
-        from defenses.pow import solve
-
         try:
             return self.service.answer(self.account, images)
         except ProofRequired as request:

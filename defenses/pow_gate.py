@@ -34,7 +34,7 @@ from defenses.base import Defense
 from defenses.detect import DETECT_ON, check_threshold
 from defenses.pow import Puzzle, difficulty, new_puzzle, verify
 from defenses.similarity import AnswerHistory, check_batch_against
-from errors import UserError
+from errors import ProofRequired, UserError
 
 
 class ProofRejected(UserError):
@@ -76,8 +76,6 @@ class ProofOfWork(Defense):
             bits = self.bits_for(state, images.shape[0])
             puzzle = new_puzzle(bits)
             state["pending"] = (puzzle.to_dict(), batch_digest(images))
-            from victim import ProofRequired
-
             raise ProofRequired(puzzle)
         puzzle, digest = Puzzle.from_dict(pending[0]), pending[1]
         if proof.get("challenge") != puzzle.challenge or digest != batch_digest(images):
