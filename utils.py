@@ -96,15 +96,16 @@ _POS, _NONNEG, _FINITE = Numeric(float, 0, low_open=True), Numeric(float, 0), Nu
 NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
-                     "widthstolen", "holdout", "puzzles"], _POS_INT),
+                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers"], _NONNEG_INT),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
-    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn"], _POS),
-    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps"], _NONNEG),
-    **dict.fromkeys(["mu", "detect_mu", "detect_threshold"], _FINITE),
+    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused"], _POS),
+    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused"], _NONNEG),
+    **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
     "crop_min_scale": Numeric(float, 0, 1, low_open=True),
     "hflip_p": Numeric(float, 0, 1),
     "pow_threshold": Numeric(float, -1, 1),
+    "momentum": Numeric(float, 0, 1, high_open=True),
 }
 
 
@@ -136,6 +137,66 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line error messages")
     apply_numeric_rules(parser)
+
+
+# ----------------------------------------------------------------- reference compatibility
+
+class OnlyFalse:
+    """An argparse ``type`` for a reference string boolean whose ``True`` cannot apply here:
+    ``False`` parses, ``True`` is refused with ``reason`` (one sentence)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        self.__name__ = "False"
+
+    def __call__(self, text: str) -> bool:
+        if str2bool(text):
+            raise argparse.ArgumentTypeError(self.reason)
+        return False
+
+
+_ENTROPY = ("the reference's ENTROPY victims come from dead code that never trains one, so there is no such "
+            "victim to load; drop --entropy")
+# Flags the reference parses that have no effect (there or here): dest -> (option strings, kwargs,
+# why it has no effect). ``add_reference_args(parser, *dests)`` adds them, so that a command line
+# copied from the reference parses; ``--help`` lists them in their own group with the reason.
+REFERENCE_ONLY: dict[str, tuple[tuple[str, ...], dict, str]] = {
+    "folder_name": (("-folder-name",), {"default": "test"}, "the reference never reads it either"),
+    "entropy": (("--entropy",), {"default": False, "type": OnlyFalse(_ENTROPY)},
+                "only False is accepted: " + _ENTROPY),
+    "epochstrain": (("--epochstrain",), {"type": int, "default": 200},
+                    "the reference builds the victim's checkpoint path from it; here a victim is named by "
+                    "--victim-checkpoint or its run directory"),
+    "logdir_unused": (("--logdir",), {"dest": "logdir_unused", "default": None},
+                      "the reference sets a TensorBoard directory it never writes"),
+    "log_every_n_steps": (("--log-every-n-steps",), {"type": int, "default": 200},
+                          "the reference parses it and never reads it"),
+    "tempsn": (("--tempsn",), {"type": float, "default": 100.0}, "the reference parses it and never reads it"),
+    "losshead": (("--losshead",), {"default": "infonce"}, "the reference parses it and never reads it"),
+    "lr_unused": (("--lr", "--learning-rate"), {"dest": "lr_unused", "type": float, "default": 3e-4},
+                  "the reference parses it and never reads it"),
+    "resume_unused": (("--resume",), {"dest": "resume_unused", "default": False, "type": str2bool},
+                      "the reference parses it and never reads it"),
+    "num_queries_unused": (("--num_queries",), {"dest": "num_queries_unused", "type": int, "default": 9000},
+                           "the reference parses it and never reads it"),
+    "victimhead_unused": (("--victimhead",), {"dest": "victimhead_unused", "default": False, "type": str2bool},
+                          "the reference only puts it in a log-directory name"),
+    "mu_unused": (("--mu",), {"dest": "mu_unused", "type": float, "default": 5.0},
+                  "the reference parses it and never reads it"),
+    "sigma_unused": (("--sigma",), {"dest": "sigma_unused", "type": float, "default": 0.5},
+                     "the reference parses it and never reads it"),
+}
+
+
+def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> None:
+    """Add the reference's no-effect flags named by ``dests`` (keys of ``REFERENCE_ONLY``)."""
+    group = parser.add_argument_group("reference flags with no effect here (accepted so that the reference's "
+                                      "command lines run)")
+    for dest in dests:
+        options, kwargs, why = REFERENCE_ONLY[dest]
+        kwargs = dict(kwargs)
+        kwargs.setdefault("dest", dest)
+        group.add_argument(*options, help=f"no effect: {why}", **kwargs)
 
 
 def parse_tags(tags: Iterable[str]) -> dict[str, str]:

@@ -29,11 +29,13 @@ SCRIPTS = {
 EXPECTED = {
     **dict.fromkeys(["batch_size", "batch", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
-                     "widthstolen", "holdout", "lr", "lrhead", "temperature", "temperaturesn", "crop_min_scale"],
+                     "widthstolen", "holdout", "lr", "lrhead", "temperature", "temperaturesn", "crop_min_scale",
+                     "num_labeled", "probe_epochs", "probe_lr", "num_queries_unused", "tempsn", "lr_unused"],
                    (False, False)),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "pow_bits_min", "pow_bits_max", "weight_decay",
-                     "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p"], (True, False)),
-    **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "pow_threshold"], (True, True)),
+                     "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p", "momentum", "probe_wd", "sigma_unused"],
+                   (True, False)),
+    **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "pow_threshold", "mu_unused"], (True, True)),
 }
 
 
