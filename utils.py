@@ -96,7 +96,7 @@ _POS, _NONNEG, _FINITE = Numeric(float, 0, low_open=True), Numeric(float, 0), Nu
 NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
-                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused"], _POS_INT),
+                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers"], _NONNEG_INT),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
     **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused"], _POS),
@@ -181,6 +181,10 @@ REFERENCE_ONLY: dict[str, tuple[tuple[str, ...], dict, str]] = {
                            "the reference parses it and never reads it"),
     "victimhead_unused": (("--victimhead",), {"dest": "victimhead_unused", "default": False, "type": str2bool},
                           "the reference only puts it in a log-directory name"),
+    "num_labeled_unused": (("-n", "--num-labeled"), {"dest": "num_labeled_unused", "type": int, "default": 500},
+                           "the reference parses it and never reads it"),
+    "dataset_unused": (("-dataset",), {"dest": "dataset_unused", "default": "cifar10"},
+                       "the reference's extract.py parses it and never reads it"),
     "mu_unused": (("--mu",), {"dest": "mu_unused", "type": float, "default": 5.0},
                   "the reference parses it and never reads it"),
     "sigma_unused": (("--sigma",), {"dest": "sigma_unused", "type": float, "default": 0.5},
@@ -448,10 +452,12 @@ def table_run_dir(scale: str, victim_dataset: str, seed: int, name: str) -> Path
     return Path("runs") / f"tables_{scale}" / f"{victim_dataset}_s{seed}" / name
 
 
-def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None) -> Path:
-    """run.py's default ``--logdir``: ``runs/victim_<dataset>_<arch>_w<width>_s<seed>``."""
+def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None,
+                   kind: str = "victim") -> Path:
+    """run.py's default ``--logdir``: ``runs/victim_<dataset>_<arch>_w<width>_s<seed>``; a supervised
+    victim (simclrsup.py) is ``kind="supervised"``: ``runs/supervised_<dataset>_...``."""
     preset = preset_for(dataset)
-    return run_dir("victim", dataset, arch or preset["arch"], f"w{width or preset['width']}", seed=seed)
+    return run_dir(kind, dataset, arch or preset["arch"], f"w{width or preset['width']}", seed=seed)
 
 
 def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int, kind: str = "steal") -> Path:
