@@ -29,9 +29,9 @@ from client import QueryClient
 from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
 from errors import UserError
 from loss import LOSSES, SPECS, info_nce_views, mse, softnn
-from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
+from models import build_encoder, build_mlp, load_checkpoint, save_checkpoint, simclr_head_dims
 from simclr import Precision, fit
-from utils import accuracy, prepare_run_dir
+from utils import accuracy, atomic_path, prepare_run_dir
 
 # Defaults that depend on the scale and on the loss, applied in this order: the scale's base,
 # then the loss's overrides; a value typed on the command line always wins. "paper" follows
@@ -44,7 +44,8 @@ from utils import accuracy, prepare_run_dir
 STEAL_DEFAULTS: dict[str, dict[str, dict]] = {
     "paper": {
         "*": {"epochs": 100, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "n_views": 1,
-              "temperature": 0.07, "local_aug": "none", "crop_min_scale": 0.08, "hflip_p": 0.5},
+              "temperature": 0.07, "local_aug": "none", "crop_min_scale": 0.08, "hflip_p": 0.5,
+              "num_queries": 9000, "simsiam_heads": "reference"},
         "infonce": {"batch_size": 256, "lr": 3e-4},
         "softnn": {"batch_size": 256, "lr": 1e-3},
         "supcon": {"batch_size": 256, "lr": 0.05, "optimizer": "sgd"},
@@ -53,7 +54,8 @@ STEAL_DEFAULTS: dict[str, dict[str, dict]] = {
     },
     "cpu": {
         "*": {"epochs": 100, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "n_views": 1,
-              "temperature": 0.2, "local_aug": "simclr", "crop_min_scale": 0.8, "hflip_p": 0.0},
+              "temperature": 0.2, "local_aug": "simclr", "crop_min_scale": 0.8, "hflip_p": 0.0,
+              "num_queries": 500, "simsiam_heads": "small"},
     },
 }
 
@@ -102,7 +104,7 @@ def query_pool(dataset: str, image_size: int, *, datasetsteal: Optional[str] = N
 
     As the reference: stealing with the victim's own dataset uses its test split without its
     last images (the linear probe's evaluation set) unless ``force``; another dataset uses
-    its train split.
+    its train split (for STL10 its 100k unlabeled split, ``DatasetInfo.query_split``).
     """
     steal_name = datasetsteal or dataset
     info = dataset_info(steal_name)
@@ -110,7 +112,7 @@ def query_pool(dataset: str, image_size: int, *, datasetsteal: Optional[str] = N
         test = get_dataset(steal_name, info.test_split, root=data, image_size=image_size)
         pool, evaluation = split_holdout(test, holdout)
         return pool, len(evaluation)
-    return get_dataset(steal_name, info.train_split, root=data, image_size=image_size), None
+    return get_dataset(steal_name, info.query_split, root=data, image_size=image_size), None
 
 
 def query_set(pool: ImageSet, num_queries: int, n_views: int) -> ImageSet:
@@ -197,9 +199,19 @@ def image_batches(n: int, batch_size: int):
 
 
 def make_optimizer(config: dict, params) -> torch.optim.Optimizer:
+    """Adam, or SGD with ``--momentum`` (0.9 unless given), from the config's flags."""
     if config["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
+        momentum = config.get("momentum")
+        return torch.optim.SGD(params, lr=config["lr"], momentum=0.9 if momentum is None else momentum,
+                               weight_decay=config["weight_decay"])
     return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def precision_of(config: dict, device: torch.device) -> Precision:
+    """Mixed precision for the attacker's training: ``--fp16-precision`` turns on float16 autocast
+    and a GradScaler on CUDA (the reference made a GradScaler without autocast, i.e. no effect);
+    off on CPU and by default, so that stealing numbers do not depend on it."""
+    return Precision(device, enabled=bool(config.get("fp16_precision")))
 
 
 def check_loss_inputs(losstype: str, n_views: int, labels: torch.Tensor) -> None:
@@ -213,18 +225,28 @@ def check_loss_inputs(losstype: str, n_views: int, labels: torch.Tensor) -> None
                         f"is unlabeled; use a labeled --datasetsteal or another loss")
 
 
+# the SimSiam stealer's heads (``--simsiam-heads``): reference = the reference's 3-layer projector
+# and 512-512-512 predictor (SimSiam's own recipe has a 4x bottleneck); small = a 2-layer
+# projector and a d -> d/4 -> d predictor, the cpu-scale default (fewer parameters to fit from
+# a few hundred queries)
+SIMSIAM_HEADS = {"reference": {"projector_layers": 3, "bottleneck": 1}, "small": {"projector_layers": 2, "bottleneck": 4}}
+
+
 class SimSiamStealer(nn.Module):
     """The attacker's model for ``symmetrized``: encoder f, projector and predictor (SimSiam).
 
     The stolen encoder's ``p = predictor(projector(f(x)))`` is pulled towards
     ``z = projector(victim answer)`` of the other view, under stop-gradient (loss.symmetrized).
+    ``heads`` names the sizes (``SIMSIAM_HEADS``).
     """
 
-    def __init__(self, encoder: nn.Module, dim: int):
+    def __init__(self, encoder: nn.Module, dim: int, heads: str = "reference"):
         super().__init__()
+        sizes = SIMSIAM_HEADS[heads]
         self.encoder = encoder
-        self.projector = build_mlp([dim, dim, dim], batchnorm=True, last_bn=True, last_bn_affine=False)
-        self.predictor = build_mlp([dim, max(dim // 4, 1), dim], batchnorm=True)
+        self.projector = build_mlp([dim] * (sizes["projector_layers"] + 1), batchnorm=True, last_bn=True,
+                                   last_bn_affine=False)
+        self.predictor = build_mlp([dim, max(dim // sizes["bottleneck"], 1), dim], batchnorm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.projector(self.encoder(x)))
@@ -263,7 +285,7 @@ def steal_encoder(config: dict, connection, run_dir: Path, logger: logging.Logge
                             f"attacker's projector, so the stolen encoder must output {out_dim}-d "
                             f"representations (got {stolen.out_dim}-d); match --archstolen/--widthstolen and "
                             f"use --victimhead False")
-        model: nn.Module = SimSiamStealer(stolen, stolen.out_dim)
+        model: nn.Module = SimSiamStealer(stolen, stolen.out_dim, config.get("simsiam_heads") or "reference")
     elif config["stolenhead"]:
         head_kwargs = {"dims": simclr_head_dims(stolen.out_dim, out_dim)}
         head = build_mlp(**head_kwargs)
@@ -305,7 +327,8 @@ def steal_encoder(config: dict, connection, run_dir: Path, logger: logging.Logge
 
     fit(step=step, batches=batches, steps_per_epoch=steps_per_epoch, modules=[model],
         optimizer=make_optimizer(config, model.parameters()), epochs=config["epochs"], base_lr=config["lr"],
-        seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir, logger=logger, desc="steal")
+        seed=config["seed"], precision=precision_of(config, device), save=save, run_dir=run_dir, logger=logger,
+        desc="steal", log_every_n_steps=config.get("log_every_n_steps") or 50)
     logger.info(f"{client.queries_used} queries used of {config['num_queries']}; requests to the victim: "
                 f"{client.requests}; stolen checkpoint: {ckpt_path}")
     return {"checkpoint": ckpt_path, "queries_used": client.queries_used, "requests": client.requests,
@@ -344,29 +367,40 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
     views = QueryViews.build(images, config["n_views"], config["seed"], device,
                              view_augment(config, info["input_size"]))
     batches, steps = image_batches(views.n, config["batch_size"])
-    precision = Precision(device)
+    precision = precision_of(config, device)
 
     def answers(idx: torch.Tensor):
         x, keys, labels = views.rows(idx)
         out = client.query(x, keys=keys)
         return x, out[:, :d], (out[:, d:] if with_head else None), labels
 
-    # ---- phase 1: recreate the head g' on the answers
+    # ---- phase 1: recreate the head g' on the answers (or load it: --resume True)
     head_kwargs = {"dims": simclr_head_dims(d, config["out_dim"])}
     head = build_mlp(**head_kwargs).to(device)
+    head_path = prepare_run_dir(run_dir / "head") / "head.pt"
 
     def head_step(idx: torch.Tensor, generator: torch.Generator):
         _, h, target, _ = answers(idx)
         return head_loss(config["losshead"], head(h), views.n_views, target, config), {}, h.shape[0]
 
-    logger.info(f"recreating the victim's head ({d} -> {config['out_dim']}) with {config['losshead']} on "
-                f"{len(images)} images x {views.n_views} views ({config['num_queries']} queries), "
-                f"{config['epochs_head']} epochs")
-    fit(step=head_step, batches=batches, steps_per_epoch=steps, modules=[head],
-        optimizer=torch.optim.Adam(head.parameters(), lr=config["lrhead"], weight_decay=config["weight_decay"]),
-        epochs=config["epochs_head"], base_lr=config["lrhead"], seed=config["seed"], precision=precision,
-        save=lambda state: client.end_epoch(state["epoch"]), run_dir=prepare_run_dir(run_dir / "head"),
-        logger=logger, desc="head", tensorboard=False)
+    if config.get("resume"):
+        saved = load_checkpoint(head_path)
+        if saved.get("kwargs") != head_kwargs:
+            raise UserError(f"the head saved in {head_path} is {saved.get('kwargs')}, not the {head_kwargs} these "
+                            f"flags ask for; use --resume False or the original --out_dim")
+        head.load_state_dict(saved["state_dict"])
+        logger.info(f"recreated head loaded from {head_path} (--resume True)")
+    else:
+        logger.info(f"recreating the victim's head ({d} -> {config['out_dim']}) with {config['losshead']} on "
+                    f"{len(images)} images x {views.n_views} views ({config['num_queries']} queries), "
+                    f"{config['epochs_head']} epochs")
+        fit(step=head_step, batches=batches, steps_per_epoch=steps, modules=[head],
+            optimizer=torch.optim.Adam(head.parameters(), lr=config["lrhead"], weight_decay=config["weight_decay"]),
+            epochs=config["epochs_head"], base_lr=config["lrhead"], seed=config["seed"], precision=precision,
+            save=lambda state: client.end_epoch(state["epoch"]), run_dir=head_path.parent,
+            logger=logger, desc="head", tensorboard=False)
+        with atomic_path(head_path) as tmp:
+            torch.save({"kwargs": head_kwargs, "state_dict": head.state_dict(), "losshead": config["losshead"]}, tmp)
     head.eval().requires_grad_(False)
 
     # ---- phase 2: steal through g'
@@ -394,7 +428,8 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
                 f"{config['optimizer']} lr {config['lr']:g}, {config['epochs']} epochs")
     fit(step=steal_step, batches=batches, steps_per_epoch=steps, modules=[model],
         optimizer=make_optimizer(config, model.parameters()), epochs=config["epochs"], base_lr=config["lr"],
-        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, desc="steal")
+        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, desc="steal",
+        log_every_n_steps=config.get("log_every_n_steps") or 50)
     logger.info(f"{client.queries_used} queries used of {config['num_queries']}; requests to the victim: "
                 f"{client.requests}; stolen checkpoint: {ckpt_path}")
     return {"checkpoint": ckpt_path, "queries_used": client.queries_used, "requests": client.requests,
@@ -446,7 +481,7 @@ def legitimate_user(config: dict, connection, run_dir: Path, logger: logging.Log
         return F.cross_entropy(net(xtr[idx]), ytr[idx]), {}, len(idx)
 
     fit(step=step, batches=batches, steps_per_epoch=steps, modules=[net], optimizer=optimizer,
-        epochs=config["epochs"], base_lr=config["lrhead"], seed=config["seed"], precision=Precision(device),
+        epochs=config["epochs"], base_lr=config["lrhead"], seed=config["seed"], precision=precision_of(config, device),
         save=lambda state: None, run_dir=run_dir, logger=logger, desc="legitimate", tensorboard=False)
     net.eval()
     with torch.no_grad():

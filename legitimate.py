@@ -26,7 +26,8 @@ import time
 from attack import legitimate_user
 from defenses import add_defense_args
 from loss import LOSSES, canonical_loss
-from utils import (HelpFormatter, UserError, add_common_args, append_jsonl, atomic_write_text, get_logger,
+from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, append_jsonl, atomic_write_text,
+                   get_logger,
                    parse_tags, pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
                    write_config)
 from victim import add_victim_args, service_from_config
@@ -57,13 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", default=None, help="append one JSON record to this file")
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="extra field stored in the record (repeatable), e.g. --tag table=table10")
+    g.add_argument("--n-views", dest="n_views", type=int, default=1,
+                   help="views per image; the legitimate user queries each image once, so only 1 applies")
+    g.add_argument("--fp16-precision", action="store_true",
+                   help="mixed precision (float16 autocast + GradScaler) on CUDA; no effect on CPU")
     add_defense_args(p)
+    add_reference_args(p, "arch_unused", "lr_unused", "out_dim_unused", "log_every_n_steps", "temperature_unused",
+                       "tempsn", "losshead", "resume_unused", "victimhead_unused")
     add_common_args(p)
     return p
 
 
 def main(argv=None) -> dict:
     config = dict(vars(build_parser().parse_args(argv)))
+    if config["n_views"] != 1:
+        raise UserError(f"a legitimate user queries each image once: --n-views must be 1 (got {config['n_views']})")
     tags = parse_tags(config["tag"])
     device = pick_device(config["device"], config["gpu_index"])
     config["device"] = str(device)

@@ -50,13 +50,53 @@ def info_nce_views(views: torch.Tensor, *, temperature: float = 0.07) -> torch.T
     return -(log_prob[positive]).mean()
 
 
-def infonce(stolen: torch.Tensor, victim: torch.Tensor, *, temperature: float = 0.07) -> torch.Tensor:
-    """InfoNCE for stealing: stolen row ``i`` and victim row ``i`` are the positive pair; every
-    other row of both ``N x D`` batches is a negative. Equals ``info_nce_views`` on the
-    stack ``[stolen, victim]``; mean over the ``2N`` anchors."""
+PAIRINGS = ("view", "reference")
+"""How the two-view InfoNCE and SoftNN pair stolen and victim rows (``--pairing``)."""
+
+
+def _identities(rows: int, n_views: int, pairing: str, device) -> torch.Tensor:
+    """Identity of each of the ``2 * rows`` rows of ``cat[stolen, victim]`` (view-major blocks).
+
+    ``view``: row ``r`` is query ``r mod rows`` (a stolen view and the victim's answer to that
+    same view); ``reference``: row ``r`` is image ``r mod (rows / n_views)``, so every view of an
+    image, stolen or victim, shares one identity (the reference's labels by image index).
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}.")
+    if n_views < 1 or rows % n_views:
+        raise ValueError(f"{rows} rows are not n_views={n_views} equal view blocks.")
+    period = rows if pairing == "view" else rows // n_views
+    return torch.arange(2 * rows, device=device) % period
+
+
+def infonce(stolen: torch.Tensor, victim: torch.Tensor, *, temperature: float = 0.07, n_views: int = 1,
+            pairing: str = "view") -> torch.Tensor:
+    """InfoNCE for stealing, on the ``2N`` rows ``cat[stolen, victim]`` (``N x D`` each, view-major
+    when ``n_views > 1``); rows are L2-normalised, similarities are cosines / tau, the anchor is
+    left out of its own denominator; mean over the ``2N`` anchors.
+
+    ``pairing="view"`` (ours, the default): stolen row ``i`` and victim row ``i`` (the answer to
+    that very view) are the one positive pair; every other row, the image's other views
+    included, is a negative. Equals ``info_nce_views`` on ``stack[stolen, victim]``; with one view
+    it is the reference's loss exactly.
+
+    ``pairing="reference"`` (the reference's steal with ``--n-views 2``): rows are labelled by
+    image, so each anchor has ``2 * n_views - 1`` same-image rows; the target is the *first*
+    of them in row order (for a stolen anchor its own other view, for a victim anchor the
+    stolen view 0) and the other same-image rows stay in the denominator.
+    """
     if stolen.shape != victim.shape:
         raise ValueError(f"stolen and victim outputs differ in shape: {tuple(stolen.shape)} vs {tuple(victim.shape)}")
-    return info_nce_views(torch.stack((stolen, victim)), temperature=temperature)
+    if pairing == "view":
+        return info_nce_views(torch.stack((stolen, victim)), temperature=temperature)
+    ident = _identities(stolen.shape[0], n_views, pairing, stolen.device)
+    z = F.normalize(torch.cat((stolen, victim)).float(), dim=1)
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.t() / temperature).masked_fill(eye, float("-inf"))
+    positive = (ident.view(-1, 1) == ident.view(1, -1)) & ~eye
+    target = positive.int().argmax(dim=1)  # the first same-image row after removing the anchor
+    return F.cross_entropy(logits, target)
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,7 +149,7 @@ def mse(stolen: torch.Tensor, victim: torch.Tensor) -> torch.Tensor:
 
 
 def softnn(stolen: torch.Tensor, victim: torch.Tensor, *, temperature: float = 100.0,
-           eps: float = 1e-9) -> torch.Tensor:
+           eps: float = 1e-9, n_views: int = 1, pairing: str = "view") -> torch.Tensor:
     """Soft nearest-neighbour loss (Frosst, Papernot & Hinton, ICML 2019) on ``cat[stolen, victim]``.
 
     Args:
@@ -117,6 +157,9 @@ def softnn(stolen: torch.Tensor, victim: torch.Tensor, *, temperature: float = 1
             rows ``i`` and ``i + N`` share an identity (stolen_i and victim_i answer the same query).
         temperature: ``T`` (the CLI's ``--temperaturesn``, default 100).
         eps: added inside the log (1e-9, as the reference).
+        n_views, pairing: ``pairing="view"`` (ours) gives each query its own identity as above;
+            ``"reference"`` (the reference's two-view steal) labels rows by image, so all
+            ``2 * n_views - 1`` other rows of the same image are positives.
 
     Maths: ``d_ij = ||x_i - x_j||^2`` (squared Euclidean, no normalisation of the rows);
     ``w_ij = exp(-d_ij / T)``, ``w_ii = 0``; ``same_i = sum_{j != i, id_j = id_i} w_ij``;
@@ -140,7 +183,7 @@ def softnn(stolen: torch.Tensor, victim: torch.Tensor, *, temperature: float = 1
     rows = 2 * n
     eye = torch.eye(rows, dtype=torch.bool, device=x.device)
     logits = (-dist / temperature).masked_fill(eye, float("-inf"))
-    ident = torch.arange(rows, device=x.device) % n
+    ident = _identities(n, n_views, pairing, x.device)
     same = (ident.view(-1, 1) == ident.view(1, -1)) & ~eye
     lse_all = torch.logsumexp(logits, dim=1)
     lse_same = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
@@ -369,13 +412,15 @@ class LossSpec:
     ``labels``: needs the true class labels of the batch; ``n_views_kw``: takes the number
     of views as the keyword ``n_views``; ``flags``: ``(keyword, config key)`` pairs of the
     hyper-parameters the CLI feeds; ``through_head``: usable on a recreated head's outputs
-    by ``stealhead.py`` (supcon needs labels, symmetrized its own projector).
+    by ``stealhead.py`` (supcon needs labels, symmetrized its own projector); ``pairing``: takes
+    ``pairing`` (``--pairing``) and ``n_views`` keywords (two-view InfoNCE / SoftNN).
     """
     views: int = 1
     labels: bool = False
     n_views_kw: bool = False
     flags: tuple[tuple[str, str], ...] = ()
     through_head: bool = True
+    pairing: bool = False
 
     def hparams(self, config: dict) -> dict:
         """The loss's hyper-parameters from a config (views and labels are added per batch)."""
@@ -383,16 +428,16 @@ class LossSpec:
 
     def batch_kwargs(self, n_views: int, labels: torch.Tensor | None = None) -> dict:
         """The per-batch keywords: ``n_views`` and ``labels`` where the loss takes them."""
-        extra: dict = {"n_views": n_views} if self.n_views_kw else {}
+        extra: dict = {"n_views": n_views} if self.n_views_kw or self.pairing else {}
         if self.labels:
             extra["labels"] = labels
         return extra
 
 
 SPECS: dict[str, LossSpec] = {
-    "infonce": LossSpec(flags=(("temperature", "temperature"),)),
+    "infonce": LossSpec(flags=(("temperature", "temperature"), ("pairing", "pairing")), pairing=True),
     "mse": LossSpec(),
-    "softnn": LossSpec(flags=(("temperature", "temperaturesn"),)),
+    "softnn": LossSpec(flags=(("temperature", "temperaturesn"), ("pairing", "pairing")), pairing=True),
     "wasserstein": LossSpec(),
     "supcon": LossSpec(views=2, labels=True, n_views_kw=True, flags=(("temperature", "temperature"),),
                        through_head=False),
@@ -408,8 +453,8 @@ NEEDS = {name: frozenset(kw for kw, on in (("labels", spec.labels), ("n_views", 
 """Keyword arguments a loss needs from the caller beyond ``(stolen, victim)`` (from ``SPECS``)."""
 
 HPARAMS = {
-    "infonce": frozenset({"temperature"}),
-    "softnn": frozenset({"temperature"}),
+    "infonce": frozenset({"temperature", "n_views", "pairing"}),
+    "softnn": frozenset({"temperature", "n_views", "pairing"}),
     "supcon": frozenset({"temperature", "base_temperature"}),
     "barlow": frozenset({"lambd"}),
     "softce": frozenset({"temperature", "weights"}),

@@ -35,7 +35,7 @@ from attack import LOCAL_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal
 from data_aug import DATASETS
 from defenses import add_defense_args
 from loss import LOSSES, canonical_loss
-from utils import (HelpFormatter, UserError, add_common_args, get_logger, pick_device, prepare_run_dir, run_cli,
+from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
     g.add_argument("--datasetsteal", default=None, choices=sorted(DATASETS), metavar="NAME",
                    help="query dataset (default: the victim's dataset); patches = out-of-distribution photos")
-    g.add_argument("--num_queries", type=int, default=500, help="query budget; every view is one query")
+    g.add_argument("--num_queries", type=int, default=None,
+                   help="query budget; every view is one query (by scale: cpu 500, paper 9000 as the reference)")
     g.add_argument("--n-views", dest="n_views", type=int, default=None,
                    help="views per query image: 1 = the plain image, >1 = augmented views drawn once "
                         "(by loss; supcon, barlow and symmetrized need 2)")
@@ -91,10 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                    help="peak learning rate of the cosine schedule (by scale and loss)")
     g.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
-                   help="adam, or sgd with momentum 0.9 (by loss: sgd for supcon/symmetrized at paper scale)")
+                   help="adam, or sgd with --momentum (by loss: sgd for supcon/symmetrized at paper scale)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (used when the optimizer is sgd)")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--temperature", type=float, default=None, help="InfoNCE / SupCon temperature (by scale)")
     g.add_argument("--temperaturesn", type=float, default=100.0, help="soft nearest-neighbour temperature")
+    g.add_argument("--pairing", default="view", choices=["view", "reference"],
+                   help="two-view InfoNCE/SoftNN (--n-views 2): view = each stolen view is paired with the "
+                        "victim's answer to that view, the image's other views are negatives (ours); reference "
+                        "= rows labelled by image as the reference did (its InfoNCE targets the stolen anchor's "
+                        "other view; see README, Differences 1); identical with one view")
+    g.add_argument("--simsiam-heads", dest="simsiam_heads", default=None, choices=["reference", "small"],
+                   help="symmetrized: the attacker's SimSiam heads; reference = 3-layer projector and "
+                        "d-d-d predictor (the reference), small = 2-layer projector and d-d/4-d predictor "
+                        "(by scale: paper reference, cpu small)")
+    g.add_argument("--out_dim", type=int, default=None,
+                   help="output size of the stolen model (reference flag): it must equal the size of the "
+                        "victim's answers, which is the default")
+    g.add_argument("--fp16-precision", action="store_true",
+                   help="mixed precision (float16 autocast + GradScaler) on CUDA; no effect on CPU")
+    g.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
     g.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
                    help="preset for the defaults marked 'by scale': auto = cpu for an offline victim "
                         "dataset, paper otherwise")
@@ -103,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace an existing run in --logdir")
     add_defense_args(p)
+    add_reference_args(p, "entropy")
     add_common_args(p)
     return p
 
@@ -131,6 +149,9 @@ def main(argv=None) -> Path:
         (run_dir / stale).unlink(missing_ok=True)
     connection = service.connect("attacker")
     config["victim_out_dim"] = connection.out_dim
+    if config["out_dim"] is not None and config["out_dim"] != connection.out_dim:
+        raise UserError(f"--out_dim {config['out_dim']} differs from the victim's {connection.out_dim}-d answers; "
+                        f"the stolen model's output must match them: drop --out_dim")
     write_config(run_dir, config)
     result = steal_encoder(config, connection, run_dir, get_logger(run_dir), device)
     return result["checkpoint"]

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_victim_args(p, head_flag=False)
     g = p.add_argument_group("queries")
     g.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
-    g.add_argument("--num_queries", type=int, default=500, help="query budget; every view is one query")
+    g.add_argument("--num_queries", type=int, default=None,
+                   help="query budget; every view is one query (by scale: cpu 500, paper 9000)")
     g.add_argument("--n-views", dest="n_views", type=int, default=2, help="views per query image (>= 2)")
     g.add_argument("--holdout", type=int, default=None, help="images kept out at the end of the test split")
     g.add_argument("--crop-min-scale", type=float, default=None,
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lrhead", type=float, default=1e-3, help="Adam learning rate of g'")
     g.add_argument("--epochs-head", type=int, default=None, help="epochs of g' (default: 2 x --epochs)")
     g.add_argument("--tempsn", dest="temperaturesn", type=float, default=100.0, help="soft-NN temperature")
+    g.add_argument("--resume", type=str2bool, default=False,
+                   help="True: load g' saved by an earlier run in --logdir (head/head.pt) instead of training "
+                        "it (the reference's default was True and needed a saved head)")
+    g.add_argument("--victimhead", type=str2bool, default=False,
+                   help="the attacker also gets the victim's head outputs g(h); as the reference, only with "
+                        "--losshead msewithhead, which queries them anyway")
 
     g = p.add_argument_group("stolen model")
     g.add_argument("-a", "--arch", dest="archstolen", default=None,
@@ -62,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=None, help="images per step (by scale)")
     g.add_argument("--lr", type=float, default=None, help="stealing learning rate (by scale)")
     g.add_argument("--optimizer", default=None, choices=["adam", "sgd"], help="stealing optimizer (by scale)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (used when the optimizer is sgd)")
+    g.add_argument("--pairing", default="view", choices=["view", "reference"],
+                   help="two-view InfoNCE/SoftNN between the stolen head and g'(h): view (ours) or the "
+                        "reference's rows labelled by image (see steal.py --help)")
+    g.add_argument("--fp16-precision", action="store_true",
+                   help="mixed precision (float16 autocast + GradScaler) on CUDA; no effect on CPU")
+    g.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (by scale)")
     g.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"], help="preset of the defaults")
@@ -75,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> Path:
-    config = dict(vars(build_parser().parse_args(argv)), datasetsteal=None, force=False, victimhead=False,
-                  stolenhead=True)
+    config = dict(vars(build_parser().parse_args(argv)), datasetsteal=None, force=False, stolenhead=True)
     device = pick_device(config["device"], config["gpu_index"])
     config["device"] = str(device)
     setup_threads()
@@ -86,6 +99,9 @@ def main(argv=None) -> Path:
     service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"], device=device)
     config.update(victim_record)
     config = resolve_defaults(config, config["scale"])  # --n-views has its own default (2)
+    if config["victimhead"] and config["losshead"] != "msewithhead":
+        raise UserError("--victimhead True gives the attacker the victim's head outputs, which only --losshead "
+                        "msewithhead uses (as in the reference); add --losshead msewithhead or drop --victimhead")
     if config["n_views"] < 2:
         raise UserError(f"recreating the head compares two views of each image; use --n-views 2 "
                         f"(got {config['n_views']})")
@@ -94,9 +110,12 @@ def main(argv=None) -> Path:
         config["logdir"] = str(steal_run_dir(config["losstype"], config["num_queries"], config["dataset"],
                                              config["seed"], kind="stealhead"))
     run_dir = prepare_run_dir(config["logdir"])
-    if (run_dir / "checkpoint.pt").exists() and not config["clear"]:
+    if (run_dir / "checkpoint.pt").exists() and not (config["clear"] or config["resume"]):
         raise UserError(f"{run_dir} already holds a stolen checkpoint; pass --clear or another --logdir")
-    for stale in ("queries.jsonl", "metrics.jsonl", "head/metrics.jsonl"):
+    if config["resume"] and not (run_dir / "head" / "head.pt").is_file():
+        raise UserError(f"--resume True loads the recreated head from {run_dir / 'head' / 'head.pt'}, which does "
+                        f"not exist; run once with --resume False (the default) to train it")
+    for stale in ("queries.jsonl", "metrics.jsonl") + (() if config["resume"] else ("head/metrics.jsonl",)):
         (run_dir / stale).unlink(missing_ok=True)
     connection = service.connect("attacker")
     config["victim_out_dim"] = connection.out_dim

@@ -34,6 +34,14 @@ class DatasetInfo:
     holdout: int = 1000
     # working resolution at cpu scale (paper scale: utils.SCALE_PRESETS, 224 for imagenet)
     cpu_image_size: int = 16
+    # the split self-supervised training and out-of-distribution queries use (None: train_split);
+    # STL10's is its 100k unlabeled images, as the reference's
+    ssl_split: Optional[str] = None
+
+    @property
+    def query_split(self) -> str:
+        """The split of self-supervised victim training and of train-split queries."""
+        return self.ssl_split or self.train_split
 
 
 def _grey(m: float, s: float):
@@ -59,7 +67,7 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("svhn", 10, False, ("train", "test", "extra"), 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                 "SVHN cropped digits (.mat)"),
     DatasetInfo("stl10", 10, False, ("train", "test", "unlabeled", "train+unlabeled"), 96, (0.4467, 0.4398, 0.4066),
-                (0.2603, 0.2566, 0.2713), "STL-10 (binary)"),
+                (0.2603, 0.2566, 0.2713), "STL-10 (binary)", ssl_split="unlabeled"),
     DatasetInfo("mnist", 10, False, ("train", "test"), 28, *_grey(0.1307, 0.3081), "MNIST (idx)"),
     DatasetInfo("fashionmnist", 10, False, ("train", "test"), 28, *_grey(0.2860, 0.3530), "Fashion-MNIST (idx)"),
     DatasetInfo("imagenet", 1000, False, ("train", "val"), 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),

@@ -11,9 +11,11 @@ would run code is refused). Layout::
      "optimizer": ..., "scaler": ..., "config": {...}, ...extra keys}
 
 ``load_encoder(path)`` rebuilds the encoder from the file alone. Plain state dicts from
-other code (torchvision, the reference's ``{"state_dict": ...}``, SimSiam's
-``module.encoder.*``) are accepted when the caller names the architecture; prefixes are
-stripped and any missing or unexpected key is named in the error.
+other code (torchvision, the reference's ``{"state_dict": ...}`` with ``backbone.*`` keys and
+its CIFAR ResNet's ``shortcut`` modules, kuangliu's ``{"net": ...}``, SimSiam's
+``module.encoder.*``) are loaded too: the architecture is read from the weights, prefixes are
+stripped, ``shortcut`` is renamed ``downsample``, and any missing or unexpected key is named
+in the error.
 """
 from __future__ import annotations
 
@@ -159,8 +161,8 @@ def load_encoder(path: os.PathLike | str, *, arch: Optional[str] = None, stem: O
 
     Returns ``(encoder, head_or_None, checkpoint_dict)``. When ``arch``/``stem``/``width`` are
     given they must agree with the file, or a :class:`CheckpointError` says which differs.
-    A foreign state dict (no ``format`` key) needs ``arch``: it is loaded into that
-    architecture, with ``fc.*`` keys (a classifier) ignored.
+    A foreign state dict (no ``format`` key: the reference's CIFAR ResNets with ``shortcut``
+    modules, kuangliu's ``{"net": ...}``, torchvision's) is read by :func:`_load_foreign`.
     """
     ckpt = load_checkpoint(path, map_location=map_location)
     expected = {k: v for k, v in {"arch": arch, "stem": stem, "width": width}.items() if v is not None}
@@ -183,16 +185,81 @@ def load_encoder(path: os.PathLike | str, *, arch: Optional[str] = None, stem: O
             load_state_dict_strict(head, ckpt["head"]["state_dict"], what="projection head")
         return encoder, head, ckpt
 
-    # A foreign file: a bare state dict or {"state_dict": ...}.
-    if arch is None:
-        raise CheckpointError(f"{path} is not an sslsteal checkpoint; name its architecture "
-                              f"with --arch (and --stem/--width) to load it as a plain state dict")
-    sd = ckpt.get("state_dict", ckpt)
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors (keys: {_short(sorted(sd)[:8])})")
+    return _load_foreign(path, ckpt, arch=arch, stem=stem, width=width, with_head=with_head)
+
+
+# block counts per stage and block type of each architecture (for foreign state dicts)
+_LAYOUTS = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34", (3, 4, 6, 3, True): "resnet50",
+            (3, 4, 23, 3, True): "resnet101", (3, 8, 36, 3, True): "resnet152"}
+
+
+def foreign_state_dict(ckpt: dict) -> dict:
+    """The encoder weights of a checkpoint written by other code, under our module names.
+
+    Accepts a bare state dict, the reference's ``{"state_dict": ...}`` and kuangliu-style
+    ``{"net": ...}``; strips ``module.``/``_orig_mod.``/``encoder.``/``backbone.`` prefixes and
+    renames the CIFAR ResNet's ``shortcut`` modules to torchvision's ``downsample`` (the networks
+    are otherwise identical: same convolutions, BatchNorms and order).
+    """
+    sd = ckpt.get("state_dict", ckpt.get("net", ckpt))
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("the file holds no state dict of tensors")
     sd = strip_prefixes(sd, KNOWN_PREFIXES + ("encoder.", "backbone."))
-    encoder = ResNetEncoder(arch, stem=stem or "cifar", width=width or 64)
-    load_state_dict_strict(encoder, sd, what=f"{arch} encoder", ignore_unexpected=("fc.",))
+    return {k.replace(".shortcut.", ".downsample."): v for k, v in sd.items()}
+
+
+def infer_architecture(sd: dict) -> dict:
+    """``{"arch", "stem", "width"}`` of a ResNet state dict from its key names and shapes."""
+    if "conv1.weight" not in sd:
+        raise CheckpointError("no conv1.weight: this is not a ResNet encoder")
+    conv1 = sd["conv1.weight"]
+    counts = []
+    for stage in range(1, 5):
+        blocks = {int(k.split(".")[1]) for k in sd if k.startswith(f"layer{stage}.")}
+        counts.append(max(blocks) + 1 if blocks else 0)
+    bottleneck = any(k.endswith("conv3.weight") for k in sd if k.startswith("layer1."))
+    arch = _LAYOUTS.get((*counts, bottleneck))
+    if arch is None:
+        raise CheckpointError(f"unknown ResNet layout: blocks per stage {counts}, "
+                              f"{'bottleneck' if bottleneck else 'basic'} blocks")
+    return {"arch": arch, "stem": "cifar" if conv1.shape[-1] == 3 else "imagenet", "width": int(conv1.shape[0])}
+
+
+def _foreign_head(sd: dict) -> tuple[Optional[nn.Module], dict]:
+    """The head of a foreign checkpoint, if it has one we know: the reference's SimCLR head
+    ``fc = Linear - ReLU - Linear`` (keys fc.0, fc.2), or kuangliu's classifier ``linear``."""
+    if {"fc.0.weight", "fc.2.weight"} <= set(sd) and not any(k.startswith("fc.1.") for k in sd):
+        prefix, dims = "fc.", [sd["fc.0.weight"].shape[1], sd["fc.0.weight"].shape[0], sd["fc.2.weight"].shape[0]]
+    elif "linear.weight" in sd:
+        prefix, dims = "linear.", list(sd["linear.weight"].shape[::-1])
+        sd = {f"linear.0.{k[len('linear.'):]}": v for k, v in sd.items() if k.startswith("linear.")}
+    else:
+        return None, {}
+    kwargs = {"dims": [int(d) for d in dims]}
+    head = build_head(kwargs)
+    load_state_dict_strict(head, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, what="head")
+    return head, kwargs
+
+
+def _load_foreign(path, ckpt: dict, *, arch, stem, width, with_head: bool):
+    """A checkpoint of other code (the reference's, kuangliu's, torchvision's): the architecture
+    is read from the weights (and checked against ``arch``/``stem``/``width`` when given); the
+    encoder carries no input normalisation (the reference used none). With ``with_head`` the
+    reference's SimCLR head is rebuilt when the file has one, else the head is ``None``."""
+    try:
+        sd = foreign_state_dict(ckpt)
+        found = infer_architecture(sd)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} is neither an sslsteal checkpoint nor a ResNet state dict ({err})") from None
+    for key, value in {"arch": arch, "stem": stem, "width": width}.items():
+        if value is not None and found[key] != value:
+            raise CheckpointError(f"{path} holds a {found['arch']} (stem {found['stem']}, width {found['width']}), "
+                                  f"but {key}={value!r} was asked for; drop the flag or pass another checkpoint")
+    encoder = ResNetEncoder(found["arch"], stem=found["stem"], width=found["width"])
+    load_state_dict_strict(encoder, sd, what=f"{found['arch']} encoder", ignore_unexpected=("fc.", "linear."))
+    head = None
     if with_head:
-        raise CheckpointError(f"{path} is a plain state dict without a projection head description")
-    return encoder, None, ckpt
+        head, kwargs = _foreign_head(sd)
+        if head is not None:
+            ckpt = dict(ckpt, head={"kwargs": kwargs})
+    return encoder, head, ckpt

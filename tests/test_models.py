@@ -83,8 +83,12 @@ def test_wrong_architecture_is_named(tmp_path):
     # a plain state dict of one architecture loaded as another: missing/unexpected keys named
     sd = build_encoder("resnet18", width=4).state_dict()
     torch.save({"state_dict": sd}, tmp_path / "plain.pt")
-    with pytest.raises(CheckpointError, match="missing keys .*layer"):
+    with pytest.raises(CheckpointError, match="holds a resnet18.*arch='resnet34'"):
         load_encoder(tmp_path / "plain.pt", arch="resnet34", width=4)
+    del sd["layer4.1.conv2.weight"]
+    torch.save({"state_dict": sd}, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="missing keys .*layer4.1.conv2"):
+        load_encoder(tmp_path / "broken.pt")
 
 
 def test_prefixes_are_stripped(tmp_path):
