@@ -245,7 +245,8 @@ def _load_foreign(path, ckpt: dict, *, arch, stem, width, with_head: bool):
     """A checkpoint of other code (the reference's, kuangliu's, torchvision's): the architecture
     is read from the weights (and checked against ``arch``/``stem``/``width`` when given); the
     encoder carries no input normalisation (the reference used none). With ``with_head`` the
-    reference's SimCLR head is rebuilt when the file has one, else the head is ``None``."""
+    reference's SimCLR head is rebuilt when the file has one (``kind`` simclr), or kuangliu's
+    classifier (``kind`` supervised); else the head is ``None``."""
     try:
         sd = foreign_state_dict(ckpt)
         found = infer_architecture(sd)
@@ -260,6 +261,6 @@ def _load_foreign(path, ckpt: dict, *, arch, stem, width, with_head: bool):
     head = None
     if with_head:
         head, kwargs = _foreign_head(sd)
-        if head is not None:
-            ckpt = dict(ckpt, head={"kwargs": kwargs})
+        if head is not None:  # a kuangliu classifier ("linear") makes it a supervised victim
+            ckpt = dict(ckpt, head={"kwargs": kwargs}, kind="supervised" if len(kwargs["dims"]) == 2 else "simclr")
     return encoder, head, ckpt

@@ -76,6 +76,7 @@ def test_a_kuangliu_supervised_checkpoint_loads(tmp_path):
     sd = {f"module.{k.replace('.downsample.', '.shortcut.')}": v for k, v in ours.state_dict().items()}
     sd.update({"module.linear.weight": torch.randn(10, ours.out_dim), "module.linear.bias": torch.randn(10)})
     torch.save({"net": sd, "acc": 95.0, "epoch": 200}, tmp_path / "ckpt.pth")
-    encoder, head, _ = load_encoder(tmp_path / "ckpt.pth", with_head=True)
+    encoder, head, ckpt = load_encoder(tmp_path / "ckpt.pth", with_head=True)
     assert torch.equal(head[0].weight, sd["module.linear.weight"])  # the classifier, as a head
+    assert ckpt["kind"] == "supervised"
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), encoder.state_dict().values()))
