@@ -29,7 +29,7 @@ from client import QueryClient
 from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
 from errors import UserError
 from loss import LOSSES, SPECS, info_nce_views, mse, softnn
-from models import build_encoder, build_mlp, load_checkpoint, save_checkpoint, simclr_head_dims
+from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
 from simclr import Precision, fit
 from utils import accuracy, atomic_path, prepare_run_dir
 
@@ -351,11 +351,13 @@ HEAD_LOSSES = ("infonce", "softnn", "mse", "msewithhead")
 
 
 def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger: logging.Logger,
-                                 device: torch.device) -> dict:
+                                 device: torch.device, saved_head: Optional[dict] = None) -> dict:
     """Algorithm 2: recreate the victim's head g' from two views' answers, then steal through it.
 
     With ``--losshead msewithhead`` the connection answers ``cat[h, g(h)]`` for each view
-    (one query, both outputs), and g' is fitted to the true head outputs.
+    (one query, both outputs), and g' is fitted to the true head outputs. ``saved_head`` (the
+    contents of an earlier run's ``head/head.pt``, read by the CLI for ``--resume True``) skips
+    phase 1. Either way g' is saved to ``run_dir/head/head.pt``.
     """
     info = connection.info
     images, holdout = attack_images(config, info)
@@ -383,13 +385,12 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
         _, h, target, _ = answers(idx)
         return head_loss(config["losshead"], head(h), views.n_views, target, config), {}, h.shape[0]
 
-    if config.get("resume"):
-        saved = load_checkpoint(head_path)
-        if saved.get("kwargs") != head_kwargs:
-            raise UserError(f"the head saved in {head_path} is {saved.get('kwargs')}, not the {head_kwargs} these "
-                            f"flags ask for; use --resume False or the original --out_dim")
-        head.load_state_dict(saved["state_dict"])
-        logger.info(f"recreated head loaded from {head_path} (--resume True)")
+    if saved_head is not None:
+        if saved_head.get("kwargs") != head_kwargs:
+            raise UserError(f"the saved head is {saved_head.get('kwargs')}, not the {head_kwargs} these flags ask "
+                            f"for; use --resume False or the original --out_dim")
+        head.load_state_dict(saved_head["state_dict"])
+        logger.info("recreated head loaded from an earlier run (--resume True)")
     else:
         logger.info(f"recreating the victim's head ({d} -> {config['out_dim']}) with {config['losshead']} on "
                     f"{len(images)} images x {views.n_views} views ({config['num_queries']} queries), "

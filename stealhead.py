@@ -26,6 +26,7 @@ from pathlib import Path
 from attack import HEAD_LOSSES, resolve_defaults, steal_through_recreated_head
 from defenses import add_defense_args
 from loss import HEAD_STEAL_LOSSES, canonical_loss
+from models import load_checkpoint
 from utils import (HelpFormatter, UserError, add_common_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
@@ -120,7 +121,9 @@ def main(argv=None) -> Path:
     connection = service.connect("attacker")
     config["victim_out_dim"] = connection.out_dim
     write_config(run_dir, config)
-    return steal_through_recreated_head(config, connection, run_dir, get_logger(run_dir), device)["checkpoint"]
+    saved_head = load_checkpoint(run_dir / "head" / "head.pt") if config["resume"] else None
+    return steal_through_recreated_head(config, connection, run_dir, get_logger(run_dir), device,
+                                        saved_head=saved_head)["checkpoint"]
 
 
 if __name__ == "__main__":
