@@ -1,7 +1,8 @@
-"""The one training loop, and the SimCLR step that trains a victim encoder.
+"""The one training loop, and the steps that train victim encoders.
 
-``fit`` runs epochs of a ``step`` function: victim training (here), stealing, head
-recreation and distillation differ only in the step they pass. The loop owns everything
+``fit`` runs epochs of a ``step`` function: victim training (here: SimCLR's InfoNCE, the
+soft nearest-neighbour and the supervised contrastive victims, and a supervised classifier),
+stealing, head recreation and distillation differ only in the step they pass. The loop owns everything
 they share: device placement of the batch, mixed precision, the per-iteration learning
 rate, progress bars, one log line per epoch, metrics files, TensorBoard scalars,
 checkpoints after every epoch (atomic) and resuming.
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data_aug import NViews, iterate_batches
-from loss import info_nce_views
+from data_aug import NViews, iterate_batches, to_float
+from loss import SPECS, info_nce_views, softnn, supcon
 from models import EncoderWithHead
 from utils import append_jsonl, derive_seed
 
@@ -80,7 +82,8 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
         modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer, epochs: int, base_lr: float,
         seed: int, precision: Precision, save: Callable[[dict], None], run_dir: Path,
         logger, start: Optional[dict] = None, warmup_epochs: float = 0.0,
-        tensorboard: bool = True, desc: str = "train", log_every_n_steps: int = 50) -> FitResult:
+        tensorboard: bool = True, desc: str = "train", log_every_n_steps: int = 50,
+        evaluate: Optional[Callable[[int], dict]] = None) -> FitResult:
     """Train for ``epochs`` epochs, checkpointing through ``save`` after every epoch.
 
     Args:
@@ -92,6 +95,9 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
             it writes the checkpoint (atomically) with whatever else the caller keeps in it.
         start: a loaded checkpoint to resume from (its weights already loaded by the caller);
             the optimizer and scaler states and the epoch counter are restored here.
+        evaluate: optional ``evaluate(epoch) -> {name: float}``, called after each epoch's steps
+            with ``modules`` in eval mode and gradients off (then back to train mode); its
+            metrics join the epoch's record, log line, metrics.jsonl and TensorBoard.
     """
     modules = list(modules)
     total_steps = max(1, epochs * steps_per_epoch)
@@ -152,8 +158,18 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
             record = {"epoch": epoch + 1, "step": global_step, "loss": loss_sum / n_steps, "lr": lr,
                       "seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1)}
             record.update({k: v / n_steps for k, v in sums.items()})
+            evaluated = {}
+            if evaluate is not None:
+                for module in modules:
+                    module.eval()
+                with torch.no_grad():
+                    evaluated = {k: float(v) for k, v in evaluate(epoch).items()}
+                for module in modules:
+                    module.train()
+                record.update(evaluated)
             history.append(record)
             extra = "".join(f" {k} {v / n_steps:.4f}" for k, v in sums.items())
+            extra += "".join(f" {k} {v:.4f}" for k, v in evaluated.items())
             logger.info(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}{extra} "
                         f"lr {lr:.3e} time {seconds:.1f}s {record['images_per_s']:.0f} img/s")
             append_jsonl(run_dir / "metrics.jsonl", record)
@@ -199,6 +215,112 @@ def simclr_step(model: nn.Module, augment: Callable, *, n_views: int = 2, temper
         return loss, {}, views.shape[0]
 
     return step
+
+
+def _two_views(name: str, n_views: int) -> None:
+    if n_views != 2:
+        raise ValueError(f"the {name} victim compares exactly two views of each image (--n-views 2), "
+                         f"got n_views={n_views}")
+
+
+def softnn_step(model: nn.Module, augment: Callable, *, temperature: float = 100.0) -> Step:
+    """The soft nearest-neighbour victim step (Frosst et al. 2019; the reference's ``softnn``).
+
+    Two augmented views of each of the ``B`` images go through the model (encoder and head);
+    ``loss.softnn`` runs on the ``2B`` outputs ``[view 1; view 2]`` (squared Euclidean
+    distances, no normalisation, as the reference) with the image index as the identity:
+    row ``i`` of view 1 and row ``i`` of view 2 are the only same-identity pair.
+    ``temperature`` is ``--temperaturesn``.
+    """
+    views_of = NViews(augment, 2)
+
+    def step(batch, generator: torch.Generator):
+        images = batch[0]
+        first, second = views_of(images, generator)
+        z = model(torch.cat((first, second)))
+        b = images.shape[0]
+        loss = softnn(z[:b], z[b:], temperature=temperature)
+        return loss, {}, 2 * b
+
+    return step
+
+
+def supcon_step(model: nn.Module, augment: Callable, *, temperature: float = 0.07) -> Step:
+    """The supervised contrastive victim step (Khosla et al. 2020; the reference's ``supcon``).
+
+    Two augmented views of each of the ``B`` images go through the model; ``loss.supcon``
+    runs on the ``2B`` outputs ``[view 1; view 2]`` with the images' TRUE class labels: every
+    output with the same label (the other view of the same image, and every view of the
+    other images of that class) is a positive. The outputs are L2-normalised inside
+    ``loss.supcon``; the reference's victim path did not normalise them (a bug: SupCon is
+    defined on the unit sphere). ``temperature`` is ``--temperature``. Needs an even ``B``
+    (``loss.supcon`` takes the two views as its two blocks of view-major rows, one label per row).
+    """
+    views_of = NViews(augment, 2)
+
+    def step(batch, generator: torch.Generator):
+        images, labels = batch[0], batch[1]
+        b = images.shape[0]
+        if b % 2:
+            raise ValueError(f"the supcon victim needs an even batch size, got {b}")
+        first, second = views_of(images, generator)
+        z = model(torch.cat((first, second)))
+        # the two blocks are the two views; one label per row of a block (the row's image)
+        loss = supcon(z[:b], z[b:], labels=labels.to(z.device), n_views=2, temperature=temperature)
+        return loss, {}, 2 * b
+
+    return step
+
+
+VICTIM_LOSSES = ("infonce", "softnn", "supcon")
+"""The losses a victim encoder can be trained with (``run.py --losstype``)."""
+
+
+def victim_step(losstype: str, model: nn.Module, augment: Callable, *, n_views: int = 2,
+                temperature: float = 0.07, temperaturesn: float = 100.0) -> Step:
+    """The step of a ``losstype`` victim (one of :data:`VICTIM_LOSSES`); ``temperature`` is the
+    InfoNCE / SupCon tau, ``temperaturesn`` the soft-NN T. softnn and supcon need ``n_views == 2``."""
+    if losstype == "infonce":
+        return simclr_step(model, augment, n_views=n_views, temperature=temperature)
+    if losstype not in VICTIM_LOSSES:
+        raise ValueError(f"no victim step for loss {losstype!r}; use one of {', '.join(VICTIM_LOSSES)}")
+    _two_views(losstype, n_views)
+    if losstype == "softnn":
+        return softnn_step(model, augment, temperature=temperaturesn)
+    return supcon_step(model, augment, temperature=temperature)
+
+
+def victim_needs_labels(losstype: str) -> bool:
+    """Whether a victim loss trains on the true class labels (from the loss table)."""
+    return SPECS[losstype].labels
+
+
+# ----------------------------------------------------------------------------- supervised
+
+
+def supervised_step(model: nn.Module, augment: Callable) -> Step:
+    """A supervised classifier step: one augmented view of each image, cross-entropy on the
+    true labels; reports the batch's training top-1 accuracy (%) as ``train_top1``."""
+    def step(batch, generator: torch.Generator):
+        images, labels = batch[0], batch[1]
+        logits = model(augment(images, generator))
+        labels = labels.to(logits.device)
+        loss = F.cross_entropy(logits.float(), labels)
+        top1 = (logits.detach().argmax(1) == labels).float().mean() * 100.0
+        return loss, {"train_top1": top1.item()}, images.shape[0]
+
+    return step
+
+
+@torch.no_grad()
+def classifier_accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy (%) of ``model`` (images in [0, 1] -> logits) over a whole labelled dataset."""
+    correct, total = 0, 0
+    for images, labels, _ in iterate_batches(dataset, batch_size, device=device):
+        pred = model(to_float(images)).argmax(1)
+        correct += int((pred == labels.to(pred.device)).sum())
+        total += len(labels)
+    return 100.0 * correct / max(total, 1)
 
 
 def epoch_batches(dataset, batch_size: int, device: torch.device, workers: int = 0,

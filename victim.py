@@ -197,10 +197,27 @@ class Connection:
 # building a service from a victim checkpoint (the owner's side: it may read the checkpoint)
 
 
+VICTIM_TYPES = {"simclr": ("victim", "run.py"), "supervised": ("supervised", "simclrsup.py")}
+"""``--victimtype`` -> (run-directory kind, the script that trains such a victim)."""
+
+
 def default_victim_checkpoint(dataset: Optional[str], seed: int, arch: Optional[str] = None,
-                              width: Optional[int] = None) -> Path:
-    """run.py's default checkpoint for this dataset/arch/width/seed."""
-    return victim_run_dir(dataset or DEFAULT_DATASET, seed, arch, width) / "checkpoint.pt"
+                              width: Optional[int] = None, victimtype: str = "simclr") -> Path:
+    """The default checkpoint for this dataset/arch/width/seed: run.py's run directory, or
+    simclrsup.py's for ``victimtype="supervised"``."""
+    kind = VICTIM_TYPES[victimtype][0]
+    return victim_run_dir(dataset or DEFAULT_DATASET, seed, arch, width, kind=kind) / "checkpoint.pt"
+
+
+def check_victim_type(victim: "LoadedVictim", victimtype: str) -> None:
+    """One clear error when a checkpoint is not of the ``--victimtype`` asked for: a supervised
+    victim (simclrsup.py, ``kind: supervised``) with ``simclr``, or any other with ``supervised``."""
+    kind = victim.checkpoint.get("kind")
+    if (kind == "supervised") != (victimtype == "supervised"):
+        other = "supervised" if kind == "supervised" else "simclr"
+        raise UserError(f"--victimtype {victimtype} does not match the victim checkpoint {victim.path}, which "
+                        f"holds a {kind or 'unlabelled'} model; pass --victimtype {other} or a "
+                        f"{victimtype} victim's checkpoint (trained by {VICTIM_TYPES[victimtype][1]})")
 
 
 @dataclass
@@ -223,13 +240,15 @@ class LoadedVictim:
 
 def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, seed: int = 0,
                 arch: Optional[str] = None, width: Optional[int] = None, lossvictim: Optional[str] = None,
-                epochstrain: Optional[int] = None) -> LoadedVictim:
-    """Load a victim checkpoint (default: run.py's default run for ``dataset``/``seed``) and check
-    it against the flags that describe it (``--arch --width --lossvictim --epochstrain --dataset``)."""
+                epochstrain: Optional[int] = None, victimtype: str = "simclr") -> LoadedVictim:
+    """Load a victim checkpoint (default: run.py's default run for ``dataset``/``seed``, or
+    simclrsup.py's for ``victimtype="supervised"``) and check it against the flags that describe
+    it (``--arch --width --lossvictim --epochstrain --dataset``)."""
     if path is None:
-        path = default_victim_checkpoint(dataset, seed, arch, width)
+        path = default_victim_checkpoint(dataset, seed, arch, width, victimtype)
         if not Path(path).is_file():
-            raise UserError(f"no victim checkpoint at {path}; train one with `python run.py --dataset "
+            raise UserError(f"no {'supervised ' if victimtype == 'supervised' else ''}victim checkpoint at "
+                            f"{path}; train one with `python {VICTIM_TYPES[victimtype][1]} --dataset "
                             f"{dataset or DEFAULT_DATASET}` or pass --victim-checkpoint PATH")
     path = Path(path)
     with torch.random.fork_rng(devices=[]):  # rebuilding the modules must not move the caller's random state
