@@ -32,6 +32,7 @@ from loss import LOSSES, SPECS, info_nce_views, mse, softnn
 from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
 from simclr import Precision, fit
 from utils import accuracy, atomic_path, prepare_run_dir
+from utils import defaults_epilog as utils_defaults_epilog
 
 # Defaults that depend on the scale and on the loss, applied in this order: the scale's base,
 # then the loss's overrides; a value typed on the command line always wins. "paper" follows
@@ -67,15 +68,8 @@ def loss_defaults(scale: str, losstype: str) -> dict:
 
 
 def defaults_epilog() -> str:
-    lines = ["defaults by scale and loss (a value you type always wins; config.yaml records the result):"]
-    for scale, table in STEAL_DEFAULTS.items():
-        lines.append(f"  {scale}: " + ", ".join(f"{k} {v}" for k, v in table["*"].items()))
-        for loss, over in table.items():
-            if loss != "*":
-                lines.append(f"    {loss}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
     two = [n for n, s in SPECS.items() if s.views > 1]
-    lines.append(f"  n_views: 2 for {', '.join(two)} (the loss table), else 1")
-    return "\n".join(lines)
+    return utils_defaults_epilog(STEAL_DEFAULTS, [f"  n_views: 2 for {', '.join(two)} (the loss table), else 1"])
 
 
 def resolve_defaults(config: dict, scale: str) -> dict:

@@ -30,7 +30,7 @@ from data_aug import SimCLRAugment, dataset_info, get_dataset
 from models import build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint, simclr_head_dims
 from models.checkpoint import encoder_kwargs
 from simclr import VICTIM_LOSSES, Precision, SimCLRModel, epoch_batches, fit, victim_needs_labels, victim_step
-from utils import (HelpFormatter, OnlyFalse, UserError, add_common_args, add_data_args, add_model_args,
+from utils import (HelpFormatter, defaults_epilog, OnlyFalse, UserError, add_common_args, add_data_args, add_model_args,
                    add_reference_args, get_logger, pick_device, prepare_run_dir, resolve_scale, run_cli,
                    seed_everything, setup_threads, str2bool, victim_run_dir, write_config)
 
@@ -65,18 +65,8 @@ def presets_for(losstype: str) -> dict:
     return {scale: {**table["*"], **table.get(losstype, {})} for scale, table in PRESETS.items()}
 
 
-def defaults_epilog() -> str:
-    lines = ["defaults by scale and loss (a value you type always wins; config.yaml records the result):"]
-    for scale, table in PRESETS.items():
-        lines.append(f"  {scale}: " + ", ".join(f"{k} {v}" for k, v in table["*"].items()))
-        for loss, over in table.items():
-            if loss != "*":
-                lines.append(f"    {loss}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=defaults_epilog())
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=defaults_epilog(PRESETS))
     add_data_args(p)
     add_model_args(p)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (by scale: cpu 80, paper 200)")

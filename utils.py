@@ -210,6 +210,17 @@ def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> None:
         group.add_argument(*options, help=f"no effect: {why}", **kwargs)
 
 
+def defaults_epilog(presets: dict[str, dict[str, dict]], extra: Iterable[str] = ()) -> str:
+    """The ``--help`` epilog of a ``{scale: {"*": base, loss: overrides}}`` table of defaults."""
+    lines = ["defaults by scale and loss (a value you type always wins; config.yaml records the result):"]
+    for scale, table in presets.items():
+        lines.append(f"  {scale}: " + ", ".join(f"{k} {v}" for k, v in table["*"].items()))
+        for loss, over in table.items():
+            if loss != "*":
+                lines.append(f"    {loss}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
+    return "\n".join([*lines, *extra])
+
+
 def parse_tags(tags: Iterable[str]) -> dict[str, str]:
     """``--tag KEY=VALUE`` flags as a dict (extra fields of a result record)."""
     out = {}

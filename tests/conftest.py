@@ -22,3 +22,14 @@ def run_script(*args, env=None, cwd=None, timeout=600):
 @pytest.fixture
 def script():
     return run_script
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny models run fastest on one thread, which also does not stall while other processes hold
+    the cores (utils.setup_threads leaves the count alone when OMP_NUM_THREADS is set)."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

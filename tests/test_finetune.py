@@ -16,15 +16,7 @@ CPU = torch.device("cpu")
 FAST = ["--device", "cpu", "-n", "300"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models run fastest on one thread, which also does not stall while other processes hold
-    the cores (utils.setup_threads leaves the count alone when OMP_NUM_THREADS is set)."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_checkpoint(path, seed):

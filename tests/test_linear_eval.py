@@ -17,15 +17,7 @@ from probe import (assert_unchanged, default_checkpoint, fit_probe, freeze, line
 from utils import accuracy
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models run fastest on one thread, which also does not stall while other processes hold
-    the cores (utils.setup_threads leaves the count alone when OMP_NUM_THREADS is set)."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def blobs(n, d, k, seed, scale=1.0):
