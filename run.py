@@ -30,9 +30,9 @@ from data_aug import SimCLRAugment, dataset_info, get_dataset
 from models import build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint, simclr_head_dims
 from models.checkpoint import encoder_kwargs
 from simclr import VICTIM_LOSSES, Precision, SimCLRModel, epoch_batches, fit, victim_needs_labels, victim_step
-from utils import (HelpFormatter, defaults_epilog, OnlyFalse, UserError, add_common_args, add_data_args, add_model_args,
+from utils import (HelpFormatter, add_training_run_args, defaults_epilog, OnlyFalse, UserError, add_common_args, add_data_args, add_model_args,
                    add_reference_args, get_logger, pick_device, prepare_run_dir, resolve_scale, run_cli,
-                   seed_everything, setup_threads, str2bool, victim_run_dir, write_config)
+                   seed_everything, setup_threads, victim_run_dir, write_config)
 
 # run.py's own defaults by scale ("*") and by loss (overrides), the one place they live (see
 # utils.SCALE_PRESETS for the shared ones). "paper" follows the reference's run.py: Adam 3e-4 for
@@ -103,17 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hflip-p", type=float, default=None,
                    help="probability of a horizontal flip (by scale: cpu 0 because digits are not "
                         "mirror-symmetric, paper 0.5 as SimCLR)")
-    p.add_argument("--fp16-precision", action="store_true",
-                   help="mixed precision (float16 autocast + GradScaler); CUDA only, ignored on CPU")
-    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                   help="mixed precision: auto = on for CUDA, off on CPU; --fp16-precision means on")
-    p.add_argument("--logdir", default=None,
-                   help="run directory (default: runs/victim_<dataset>_<arch>_w<width>_s<seed>)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=str2bool,
-                   help="continue from <logdir>/checkpoint.pt if it exists (from its last completed epoch)")
-    p.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
-                   help="start over even if <logdir> already holds a checkpoint (it is replaced)")
-    p.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
+    add_training_run_args(p, logdir_default="runs/victim_<dataset>_<arch>_w<width>_s<seed>")
     p.add_argument("--watermark", type=OnlyFalse(_WATERMARK), default=False,
                    help="train with the reference's rotation watermark; only False is accepted: " + _WATERMARK)
     add_reference_args(p, "entropy", "num_queries_unused")

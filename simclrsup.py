@@ -38,9 +38,9 @@ from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout
 from models import EncoderWithHead, build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint
 from models.checkpoint import encoder_kwargs
 from simclr import Precision, classifier_accuracy, epoch_batches, fit, supervised_step
-from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add_model_args, get_logger,
+from utils import (HelpFormatter, add_training_run_args, UserError, add_common_args, add_data_args, add_model_args, get_logger,
                    pick_device, prepare_run_dir, resolve_scale, run_cli, seed_everything, setup_threads,
-                   str2bool, victim_run_dir, write_config)
+                   victim_run_dir, write_config)
 
 # simclrsup.py's own scale-dependent defaults (see utils.SCALE_PRESETS for the shared ones).
 # paper: the recipe of the reference's supervised victim (kuangliu's CIFAR training: SGD lr 0.1,
@@ -78,20 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hflip-p", type=float, default=None,
                    help="probability of a horizontal flip (by scale: cpu 0 because digits are not "
                         "mirror-symmetric, paper 0.5)")
-    p.add_argument("--fp16-precision", action="store_true",
-                   help="mixed precision (float16 autocast + GradScaler); CUDA only, ignored on CPU")
-    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                   help="mixed precision: auto = on for CUDA, off on CPU; --fp16-precision means on")
     p.add_argument("--holdout", type=int, default=None,
                    help="evaluation images at the end of the test split for the per-epoch test accuracy "
                         "(default: the dataset's evaluation set: 1000, or 200 for digits/digitsm)")
-    p.add_argument("--logdir", default=None,
-                   help="run directory (default: runs/supervised_<dataset>_<arch>_w<width>_s<seed>)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=str2bool,
-                   help="continue from <logdir>/checkpoint.pt if it exists (from its last completed epoch)")
-    p.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
-                   help="start over even if <logdir> already holds a checkpoint (it is replaced)")
-    p.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
+    add_training_run_args(p, logdir_default="runs/supervised_<dataset>_<arch>_w<width>_s<seed>")
     add_common_args(p)
     return p
 

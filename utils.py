@@ -122,6 +122,20 @@ def apply_numeric_rules(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def add_training_run_args(parser: argparse.ArgumentParser, *, logdir_default: str) -> None:
+    """The run-directory and precision flags of the training scripts (run.py, simclrsup.py)."""
+    parser.add_argument("--fp16-precision", action="store_true",
+                        help="mixed precision (float16 autocast + GradScaler); CUDA only, ignored on CPU")
+    parser.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                        help="mixed precision: auto = on for CUDA, off on CPU; --fp16-precision means on")
+    parser.add_argument("--logdir", default=None, help=f"run directory (default: {logdir_default})")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, type=str2bool,
+                        help="continue from <logdir>/checkpoint.pt if it exists (from its last completed epoch)")
+    parser.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
+                        help="start over even if <logdir> already holds a checkpoint (it is replaced)")
+    parser.add_argument("--log-every-n-steps", type=int, default=50, help="TensorBoard scalar interval in steps")
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags every script shares; defined once here. Call it last: it also gives every numeric
     flag of the parser its checked type (``apply_numeric_rules``)."""
