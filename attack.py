@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from client import QueryClient
-from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
+from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, rotate, split_holdout, to_float
 from errors import UserError
 from loss import LOSSES, SPECS, info_nce_views, mse, softnn
 from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
@@ -83,7 +83,13 @@ def resolve_defaults(config: dict, scale: str) -> dict:
     if config.get("stolenhead") is None:
         config["stolenhead"] = bool(config.get("victimhead"))
         filled.append("stolenhead")
-    if "local_aug" in filled and config["n_views"] > 1:
+    if config.get("query_aug") is None:
+        config["query_aug"] = "standard" if config["n_views"] > 1 else "none"
+        filled.append("query_aug")
+    if config["query_aug"] == "none" and config["n_views"] > 1:
+        raise UserError(f"--query-aug none sends the plain image, so its --n-views {config['n_views']} views would "
+                        f"be identical; use --query-aug standard (or rotation) or --n-views 1")
+    if "local_aug" in filled and config["query_aug"] != "none":
         config["local_aug"] = "none"  # the queries are augmented views already (each one a query)
     config["defaults_filled"] = filled
     return config
@@ -145,13 +151,22 @@ class QueryViews:
 
     @classmethod
     def build(cls, images: ImageSet, n_views: int, seed: int, device: torch.device,
-              augment: SimCLRAugment | None = None) -> "QueryViews":
-        if n_views == 1:
-            inputs = to_float(images.images)
+              augment: SimCLRAugment | None = None, query_aug: str | None = None) -> "QueryViews":
+        query_aug = query_aug or ("none" if n_views == 1 else "standard")
+        if query_aug not in QUERY_AUGMENTATIONS:
+            raise UserError(f"unknown --query-aug {query_aug!r}; choose from {', '.join(QUERY_AUGMENTATIONS)}")
+        if query_aug == "none":
+            inputs = to_float(images.images).repeat(n_views, 1, 1, 1)
         else:
             gen = torch.Generator().manual_seed(seed)
             augment = augment or SimCLRAugment(images.image_size)
-            inputs = torch.cat([augment(images.images, gen) for _ in range(n_views)])
+            views = []
+            for _ in range(n_views):
+                view = augment(images.images, gen)
+                if query_aug == "rotation":
+                    view = rotate(view, 360.0 * torch.rand(len(view), generator=gen, dtype=torch.float64))
+                views.append(view)
+            inputs = torch.cat(views)
         return cls(inputs.to(device), images.labels.to(device), len(images), n_views)
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, list, torch.Tensor]:
@@ -161,6 +176,9 @@ class QueryViews:
         keys = [(i, v) for v in range(self.n_views) for i in idx.tolist()]
         return self.inputs[rows], keys, self.labels[idx]
 
+
+# what the attacker queries (--query-aug): the plain images, SimCLR views, or SimCLR views rotated at random
+QUERY_AUGMENTATIONS = ("none", "standard", "rotation")
 
 # attacker-side augmentations of --local-aug: SimCLRAugment overrides beside the crop and flip
 LOCAL_AUGMENTATIONS = {"none": None, "crop": {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}, "simclr": {}}
@@ -292,7 +310,7 @@ def steal_encoder(config: dict, connection, run_dir: Path, logger: logging.Logge
     model.to(device)
 
     views = QueryViews.build(images, config["n_views"], config["seed"], device,
-                             view_augment(config, info["input_size"]))
+                             view_augment(config, info["input_size"]), config.get("query_aug"))
     batches, steps_per_epoch = image_batches(views.n, config["batch_size"])
     loss_fn, hparams = LOSSES[config["losstype"]], spec.hparams(config)
     local = local_augment(config, info["input_size"])
@@ -361,7 +379,7 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
     d = info["parts"]["representation"] if with_head else client.out_dim
     ckpt_path = run_dir / "checkpoint.pt"
     views = QueryViews.build(images, config["n_views"], config["seed"], device,
-                             view_augment(config, info["input_size"]))
+                             view_augment(config, info["input_size"]), config.get("query_aug"))
     batches, steps = image_batches(views.n, config["batch_size"])
     precision = precision_of(config, device)
 

@@ -419,12 +419,13 @@ def write_report(results_dir: Path, out: Path) -> Path:
              "## Claims of the paper, checked at this scale", "",
              "| claim | verdict | evidence |", "|---|---|---|"]
     from report_defenses import NOISE_TABLES, defense_sections, noise_claims
+    from report_ownership import OWNERSHIP_TABLES, ownership_claims, ownership_sections
 
-    for claim, verdict, evidence in claims(data, train_sizes) + noise_claims(data):
+    for claim, verdict, evidence in claims(data, train_sizes) + noise_claims(data) + ownership_claims(records, data):
         lines.append(f"| {claim} | **{verdict}** | {evidence} |")
     order = {t: i for i, t in enumerate(("efficiency", "table1", "table2", "table5", "table7", "table9"))}
     for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
-        if table in NOISE_TABLES or table == "probes":
+        if table in NOISE_TABLES or table in OWNERSHIP_TABLES or table == "probes":
             continue
         ref = paper.get(table, {})
         columns = sorted({c for cols in rows.values() for c in cols},
@@ -478,6 +479,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
                 lines += ["", f"![loss functions]({png.name})"]
     lines += probe_lines(data)
     lines += defense_sections(records, data, paper, out.parent)
+    lines += ownership_sections(records, data, paper, out.parent)
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 

@@ -6,6 +6,7 @@ Examples:
   python run.py --dataset mnistm5k --resume             # continue an interrupted run
   python run.py --dataset mnistm5k --losstype softnn    # soft nearest-neighbour victim (identity = image)
   python run.py --dataset mnistm5k --losstype supcon    # supervised contrastive victim (true labels)
+  python run.py --dataset mnistm5k --watermark True     # watermarked victim (runs/victimwm_...; see watermark.py)
 
 Losses (--losstype): infonce = SimCLR's NT-Xent over the views of each image; softnn = the
 soft nearest-neighbour loss over the 2B outputs of two views, the image index as identity,
@@ -26,12 +27,13 @@ from pathlib import Path
 
 
 from attack import make_optimizer
+from defenses.watermark import build_predictor, predictor_dims, watermark_record, with_watermark
 from data_aug import SimCLRAugment, dataset_info, get_dataset
 from models import build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint, simclr_head_dims
 from models.checkpoint import encoder_kwargs
 from simclr import VICTIM_LOSSES, Precision, SimCLRModel, epoch_batches, fit, victim_needs_labels, victim_step
-from utils import (HelpFormatter, add_training_run_args, defaults_epilog, OnlyFalse, UserError, add_common_args, add_data_args, add_model_args,
-                   add_reference_args, get_logger, pick_device, prepare_run_dir, resolve_scale, run_cli,
+from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add_model_args, add_reference_args,
+                   add_training_run_args, defaults_epilog, str2bool, get_logger, pick_device, prepare_run_dir, resolve_scale, run_cli,
                    seed_everything, setup_threads, victim_run_dir, write_config)
 
 # run.py's own defaults by scale ("*") and by loss (overrides), the one place they live (see
@@ -55,10 +57,6 @@ PRESETS = {
         "supcon": {"lr": 0.05, "optimizer": "sgd"},
     },
 }
-
-_WATERMARK = ("training a watermarked victim is not implemented yet (it comes with the ownership-verification "
-              "issue); drop --watermark")
-
 
 def presets_for(losstype: str) -> dict:
     """The by-scale defaults of a ``losstype`` victim: the scale's base, then the loss's overrides."""
@@ -104,8 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability of a horizontal flip (by scale: cpu 0 because digits are not "
                         "mirror-symmetric, paper 0.5 as SimCLR)")
     add_training_run_args(p, logdir_default="runs/victim_<dataset>_<arch>_w<width>_s<seed>")
-    p.add_argument("--watermark", type=OnlyFalse(_WATERMARK), default=False,
-                   help="train with the reference's rotation watermark; only False is accepted: " + _WATERMARK)
+    g = p.add_argument_group("watermark (ownership verification; see README: Ownership)")
+    g.add_argument("--watermark", type=str2bool, default=False,
+                   help="train jointly with a private rotation task: each image gives a view rotated by an angle "
+                        "in [0, 180) and one in [180, 360) degrees, and a two-layer MLP on the representation (the "
+                        "augmentation predictor, trained with the encoder and saved in the checkpoint as the "
+                        "owner's secret) says which; default run directory runs/victimwm_...")
+    g.add_argument("--watermark-weight", type=float, default=1.0,
+                   help="weight of the watermark cross-entropy added to the victim's loss")
+    g.add_argument("--watermark-hidden", type=int, default=None,
+                   help="hidden width of the augmentation predictor (default: the representation size)")
     add_reference_args(p, "entropy", "num_queries_unused")
     add_common_args(p)
     return p
@@ -129,7 +135,8 @@ def main(argv=None) -> Path:
     setup_threads()
     seed_everything(config["seed"])
     if config["logdir"] is None:
-        config["logdir"] = str(victim_run_dir(config["dataset"], config["seed"], config["arch"], config["width"]))
+        config["logdir"] = str(victim_run_dir(config["dataset"], config["seed"], config["arch"], config["width"],
+                                              kind="victimwm" if config["watermark"] else "victim"))
     run_dir = prepare_run_dir(config["logdir"])
     ckpt_path = run_dir / "checkpoint.pt"
     start = None
@@ -167,13 +174,20 @@ def main(argv=None) -> Path:
         load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
         load_state_dict_strict(model.head, start["head"]["state_dict"], what="projection head")
         before = start.get("config") or {}
-        for key, default in (("losstype", "infonce"), ("optimizer", "adam")):
+        for key, default in (("losstype", "infonce"), ("optimizer", "adam"), ("watermark", False)):
             if before.get(key, default) != config[key]:
                 raise UserError(f"{ckpt_path} was trained with {key} {before.get(key, default)}, not "
                                 f"{config[key]}; resume with the original flags or use --clear")
+    predictor = None
+    if config["watermark"]:
+        predictor = build_predictor(encoder.out_dim, config["watermark_hidden"])
+        if start is not None:
+            load_state_dict_strict(predictor, start["watermark"]["state_dict"], what="watermark predictor")
+        predictor.to(device)
     model.to(device)
     precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
-    optimizer = make_optimizer(config, model.parameters())
+    trainable = list(model.parameters()) + (list(predictor.parameters()) if predictor is not None else [])
+    optimizer = make_optimizer(config, trainable)
     augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0),
                             flip_p=config["hflip_p"])
     n_params = sum(p.numel() for p in encoder.parameters())
@@ -184,13 +198,20 @@ def main(argv=None) -> Path:
 
     def save(state: dict) -> None:
         save_checkpoint(ckpt_path, encoder=encoder, head=model.head, head_kwargs=head_kwargs,
-                        kind="simclr", dataset=config["dataset"], config=config, **state)
+                        kind="simclr", dataset=config["dataset"], config=config, **state,
+                        **({"watermark": watermark_record(predictor, encoder.out_dim, config["watermark_hidden"],
+                                                          config["watermark_weight"])} if predictor is not None else {}))
 
     step = victim_step(config["losstype"], model, augment, n_views=config["n_views"],
                        temperature=config["temperature"], temperaturesn=config["temperaturesn"])
+    if predictor is not None:
+        step = with_watermark(step, encoder, predictor, config["watermark_weight"])
+        logger.info(f"watermark: rotation task, weight {config['watermark_weight']:g}, predictor "
+                    f"{predictor_dims(encoder.out_dim, config['watermark_hidden'])}")
     fit(step=step,
         batches=epoch_batches(train_set, config["batch_size"], device, workers=config["workers"]),
-        steps_per_epoch=len(train_set) // config["batch_size"], modules=[model], optimizer=optimizer,
+        steps_per_epoch=len(train_set) // config["batch_size"],
+        modules=[model] + ([predictor] if predictor is not None else []), optimizer=optimizer,
         epochs=config["epochs"], base_lr=config["lr"], warmup_epochs=config["warmup_epochs"],
         seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, start=start,
         desc="simclr" if config["losstype"] == "infonce" else config["losstype"],

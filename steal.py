@@ -29,13 +29,14 @@ queries.jsonl and checkpoint.pt (the stolen encoder).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from attack import LOCAL_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal_encoder
+from attack import LOCAL_AUGMENTATIONS, QUERY_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal_encoder
 from data_aug import DATASETS
 from defenses import add_defense_args
 from loss import LOSSES, canonical_loss
-from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, get_logger, pick_device, prepare_run_dir, run_cli,
+from utils import (HelpFormatter, UserError, add_common_args, atomic_write_text, add_reference_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = add_victim_args(p)
     g.add_argument("-a", "--arch", dest="arch", default=None, help="the victim's architecture (same as --archvic)")
     g.add_argument("--watermark", type=str2bool, default=False,
-                   help="after stealing, test the stolen encoder with the victim's watermark head (the "
-                        "victim checkpoint must carry one)")
+                   help="steal a watermarked victim (run.py --watermark True; the default victim checkpoint becomes "
+                        "runs/victimwm_...) and, at the end, report the stolen encoder's watermark success rate: the "
+                        "owner's augmentation predictor on the stolen encoder's representations of the victim's "
+                        "rotated training images (the owner's side; written to watermark.json)")
 
     g = p.add_argument_group("queries")
     g.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "scale: paper 0.08 as SimCLR, cpu 0.8); the attacker's own choice, never the victim's")
     g.add_argument("--hflip-p", type=float, default=None,
                    help="flip probability of the attacker's augmented views (by scale: paper 0.5, cpu 0)")
+    g.add_argument("--query-aug", dest="query_aug", default=None, choices=list(QUERY_AUGMENTATIONS),
+                   help="what each query is: none = the plain image (needs --n-views 1), standard = a SimCLR view "
+                        "(crop --crop-min-scale, flip --hflip-p, colour jitter, grayscale, blur) drawn once, rotation "
+                        "= a standard view rotated by an angle uniform in [0, 360) degrees (Table 17's columns "
+                        "NoAug / Standard / +Rotation; default: none with one view, standard with more)")
     g.add_argument("--local-aug", dest="local_aug", default=None, choices=sorted(LOCAL_AUGMENTATIONS),
                    help="attacker-side augmentation that costs no query: each step the stolen encoder sees a "
                         "fresh augmented copy of each queried image, and its target stays the victim's answer "
@@ -136,7 +144,8 @@ def main(argv=None) -> Path:
     service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"], device=device)
     if config["watermark"] and not victim_record["victim_watermarked"]:
         raise UserError(f"--watermark True needs a watermarked victim, but {victim_record['victim_checkpoint']} "
-                        f"carries no watermark head; drop --watermark or steal a watermarked victim")
+                        f"has no watermark predictor; drop --watermark or steal a victim trained with "
+                        f"`run.py --watermark True`")
     config.update(victim_record)
     config = resolve_defaults(config, config["scale"])
     if config["logdir"] is None:
@@ -153,7 +162,18 @@ def main(argv=None) -> Path:
         raise UserError(f"--out_dim {config['out_dim']} differs from the victim's {connection.out_dim}-d answers; "
                         f"the stolen model's output must match them: drop --out_dim")
     write_config(run_dir, config)
-    result = steal_encoder(config, connection, run_dir, get_logger(run_dir), device)
+    logger = get_logger(run_dir)
+    result = steal_encoder(config, connection, run_dir, logger, device)
+    if config["watermark"]:
+        # the owner's side again: its secret predictor tests the copy (the attack never sees it)
+        from defenses.ownership import stolen_watermark
+
+        record = stolen_watermark(config["victim_checkpoint"], result["checkpoint"], data=config["data"],
+                                  seed=config["seed"], device=device)
+        atomic_write_text(run_dir / "watermark.json", json.dumps(record, indent=2) + "\n")
+        logger.info(f"Watermark accuracy is {record['wsr_stolen']:.2f}% (watermark success rate of the stolen "
+                    f"encoder on {record['n_views']} rotated training views; the victim's own is "
+                    f"{record['wsr_victim']:.2f}%, an unrelated encoder's about 50%): {run_dir / 'watermark.json'}")
     return result["checkpoint"]
 
 

@@ -96,16 +96,19 @@ _POS, _NONNEG, _FINITE = Numeric(float, 0, low_open=True), Numeric(float, 0), Nu
 NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
-                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused", "out_dim_unused"], _POS_INT),
+                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused", "out_dim_unused",
+                     "watermark_hidden"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers"], _NONNEG_INT),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
     **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused", "temperature_unused"], _POS),
-    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused"], _NONNEG),
+    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused",
+                     "watermark_weight"], _NONNEG),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
     "crop_min_scale": Numeric(float, 0, 1, low_open=True),
     "hflip_p": Numeric(float, 0, 1),
     "pow_threshold": Numeric(float, -1, 1),
     "momentum": Numeric(float, 0, 1, high_open=True),
+    "alpha": Numeric(float, 0, 1, low_open=True, high_open=True),
 }
 
 

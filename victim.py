@@ -202,10 +202,11 @@ VICTIM_TYPES = {"simclr": ("victim", "run.py"), "supervised": ("supervised", "si
 
 
 def default_victim_checkpoint(dataset: Optional[str], seed: int, arch: Optional[str] = None,
-                              width: Optional[int] = None, victimtype: str = "simclr") -> Path:
-    """The default checkpoint for this dataset/arch/width/seed: run.py's run directory, or
-    simclrsup.py's for ``victimtype="supervised"``."""
-    kind = VICTIM_TYPES[victimtype][0]
+                              width: Optional[int] = None, victimtype: str = "simclr",
+                              watermarked: bool = False) -> Path:
+    """The default checkpoint for this dataset/arch/width/seed: run.py's run directory (its
+    ``--watermark True`` one with ``watermarked``), or simclrsup.py's for ``victimtype="supervised"``."""
+    kind = "victimwm" if watermarked and victimtype == "simclr" else VICTIM_TYPES[victimtype][0]
     return victim_run_dir(dataset or DEFAULT_DATASET, seed, arch, width, kind=kind) / "checkpoint.pt"
 
 
@@ -240,16 +241,20 @@ class LoadedVictim:
 
 def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, seed: int = 0,
                 arch: Optional[str] = None, width: Optional[int] = None, lossvictim: Optional[str] = None,
-                epochstrain: Optional[int] = None, victimtype: str = "simclr") -> LoadedVictim:
+                epochstrain: Optional[int] = None, victimtype: str = "simclr",
+                watermarked: bool = False) -> LoadedVictim:
     """Load a victim checkpoint (default: run.py's default run for ``dataset``/``seed``, or
     simclrsup.py's for ``victimtype="supervised"``) and check it against the flags that describe
-    it (``--arch --width --lossvictim --epochstrain --dataset``)."""
+    it (``--arch --width --lossvictim --epochstrain --dataset``); ``watermarked``: the default path
+    is run.py --watermark True's."""
     if path is None:
-        path = default_victim_checkpoint(dataset, seed, arch, width, victimtype)
+        path = default_victim_checkpoint(dataset, seed, arch, width, victimtype, watermarked)
         if not Path(path).is_file():
-            raise UserError(f"no {'supervised ' if victimtype == 'supervised' else ''}victim checkpoint at "
-                            f"{path}; train one with `python {VICTIM_TYPES[victimtype][1]} --dataset "
-                            f"{dataset or DEFAULT_DATASET}` or pass --victim-checkpoint PATH")
+            what = "supervised victim" if victimtype == "supervised" else (
+                "watermarked victim" if watermarked else "victim")
+            extra = " --watermark True" if watermarked and victimtype == "simclr" else ""
+            raise UserError(f"no {what} checkpoint at {path}; train one with `python {VICTIM_TYPES[victimtype][1]} "
+                            f"--dataset {dataset or DEFAULT_DATASET}{extra}` or pass --victim-checkpoint PATH")
     path = Path(path)
     with torch.random.fork_rng(devices=[]):  # rebuilding the modules must not move the caller's random state
         encoder, head, ckpt = load_encoder(path, arch=arch, width=width, with_head=True)
@@ -316,7 +321,7 @@ def service_from_config(config: dict, *, answers: str, scale_flag: Optional[str]
 
     victim = load_victim(config.get("victim_checkpoint"), dataset=config.get("dataset"), seed=config["seed"],
                          arch=config.get("arch"), width=config.get("width"), lossvictim=config.get("lossvictim"),
-                         epochstrain=config.get("epochstrain"))
+                         epochstrain=config.get("epochstrain"), watermarked=bool(config.get("watermark")))
     scale = scale_of(victim.dataset, scale_flag)
     defenses = build_defenses(config, scale)
     service = build_service(victim, answers=answers, defenses=defenses, device=device)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from errors import UserError
 
-from .augment import NViews, SimCLRAugment, to_float
+from .augment import NViews, SimCLRAugment, rotate, to_float
 from .base import FolderImageSet, ImageSet, iterate_batches
 
 
@@ -127,4 +127,4 @@ def split_holdout(test, holdout: Optional[int] = None):
 
 
 __all__ = ["split_holdout", "DATASETS", "OFFLINE", "DatasetInfo", "dataset_info", "get_dataset", "ImageSet",
-           "FolderImageSet", "iterate_batches", "SimCLRAugment", "NViews", "to_float"]
+           "FolderImageSet", "iterate_batches", "SimCLRAugment", "NViews", "rotate", "to_float"]

@@ -215,6 +215,32 @@ class SimCLRAugment:
         return y.view(n, ch, hh, ww)
 
 
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of ``B x C x H x W`` by its own angle (degrees, counter-clockwise).
+
+    Nearest-neighbour sampling around the image centre, pixels from outside filled with 0
+    (black), output the same size: torchvision's ``rotate(img, angle)`` defaults, batched.
+    """
+    x = to_float(images)
+    if x.dim() != 4:
+        raise ValueError(f"expected a batch B x C x H x W, got {tuple(x.shape)}")
+    theta = torch.deg2rad(degrees.to(device=x.device, dtype=torch.float64))
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    h, w = x.shape[-2:]
+    # output pixel (u, v) reads the input at R(-angle)(u, v), in pixel units around the centre; counter-clockwise
+    # on screen (y pointing down) means the sampling map [[cos, -sin], [sin, cos]] in (x, y) coordinates
+    ys = torch.arange(h, device=x.device, dtype=torch.float64) - (h - 1) / 2
+    xs = torch.arange(w, device=x.device, dtype=torch.float64) - (w - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    src_x = cos[:, None, None] * gx - sin[:, None, None] * gy + (w - 1) / 2
+    src_y = sin[:, None, None] * gx + cos[:, None, None] * gy + (h - 1) / 2
+    ix, iy = torch.round(src_x).long(), torch.round(src_y).long()
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    flat = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).view(x.shape[0], 1, h * w).expand(-1, x.shape[1], -1)
+    out = torch.gather(x.reshape(x.shape[0], x.shape[1], h * w), 2, flat).view_as(x)
+    return out * inside.unsqueeze(1).to(out.dtype)
+
+
 class NViews:
     """Apply a batch transform ``n_views`` times with independent randomness.
 

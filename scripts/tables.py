@@ -45,7 +45,9 @@ SETUP = {
             "efficiency_queries": [100, 300, 500, 1000], "efficiency_losses": ["mse", "infonce", "softnn"],
             "step_budget": 50_000, "seeds": [0, 1, 2],
             "defense_queries": 1000, "defense_epochs": 50, "noise_sigmas": [0, 0.25, 0.5, 1, 2],
-            "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4]},
+            "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
+            "ownership_queries": [300, 1000], "table16_queries": [300, 1000, 3000], "table17_queries": 1000,
+            "ownership_source": []},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
               "victim_train_size": 50000, "ood": "svhn",
               "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
@@ -54,10 +56,18 @@ SETUP = {
               "efficiency_queries": [500, 1000, 5000, 9000], "efficiency_losses": ["mse", "infonce", "softnn"],
               "step_budget": None, "seeds": [0],
               "defense_queries": 9000, "defense_epochs": None, "noise_sigmas": [0, 1, 2, 3, 4],
-              "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4]},
+              "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
+              "ownership_queries": [10000, 50000], "table16_queries": [10000, 20000, 30000, 40000, 50000, 60000, 70000],
+              "table17_queries": 50000, "ownership_source": ["--force", "True"]},
 }
 TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
 DEFENSE_TABLES = ("table10", "table11", "table12", "table13", "pow", "poison")
+OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
+OWNERSHIP_LOSSES = ("mse", "softnn", "infonce")
+# the tests watermark.py runs for each ownership table (defenses.ownership.TESTS)
+OWNERSHIP_TESTS = {"table4": ["wsr", "retrained", "ttest"], "table16": ["wsr", "retrained", "ttest"],
+                   "table17": ["wsr", "retrained", "ttest"], "table18": ["l2"], "table19": ["noise_ball"],
+                   "table20": ["private_public"]}
 BASELINES = ("victim", "random", "pixels")  # rows probed straight from the victim checkpoint
 
 
@@ -68,6 +78,7 @@ class Step:
     done_when: str = ""             # a checkpoint path, or "" for probes (checked in the results file)
     tags: dict = field(default_factory=dict)
     needs: str = ""                 # probes: the checkpoint they read
+    needs_more: tuple = ()          # probes: other checkpoints they read (ownership: the victim, the independent)
 
     def command(self) -> str:
         program = f"-m {self.script}" if "." in self.script else f"{self.script}.py"
@@ -113,7 +124,8 @@ def run_name(script: str, flags: list[str]) -> str:
         key, value = flags[i].lstrip("-"), flags[i + 1]
         parts.append({"losstype": value, "num_queries": f"q{value}", "datasetsteal": value,
                       "force": "train" if value == "True" else "", "victimhead": "head" if value == "True" else "",
-                      "epochs": f"e{value}"}.get(key, f"{key}{value}"))
+                      "epochs": f"e{value}", "watermark": "wm" if value == "True" else "",
+                      "query-aug": f"aug{value}"}.get(key, f"{key}{value}"))
         i += 2
     return "_".join(p for p in parts if p)
 
@@ -217,6 +229,113 @@ def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, res
     return steps
 
 
+def _steal_epochs(s: dict, n: int) -> list[str]:
+    """CPU: about the same number of image-steps for every query count (``step_budget``)."""
+    return ["--epochs", str(max(10, min(500, s["step_budget"] // n)))] if s["step_budget"] else []
+
+
+def ownership_suspects(table: str, s: dict) -> list[tuple[str, str, list[str], dict]]:
+    """An ownership table's rows: ``(row, victim, steal flags or a special suspect, extra tags)``.
+
+    ``victim`` is ``wm`` (the watermarked victim) or ``sup`` (the supervised victim of Table
+    20). A row whose flags are ``["victim"]``, ``["random"]`` or ``["independent"]`` is that
+    encoder itself; any other row is a copy stolen with those flags. Copies of the watermarked
+    victim are stolen with ``--watermark True`` (steal.py then also logs their WSR).
+    """
+    own, counts = [], s["ownership_queries"]
+    for loss in OWNERSHIP_LOSSES:
+        for n in counts:
+            own.append((f"{loss}_{n}", "wm", ["--losstype", loss, "--num_queries", str(n), "--watermark", "True"]
+                        + s["ownership_source"] + _steal_epochs(s, n), {"loss": loss, "queries": n}))
+    controls = [("victim", "wm", ["victim"], {}), ("independent", "wm", ["independent"], {}),
+                ("random", "wm", ["random"], {})]
+    if table == "table4":
+        return controls + own
+    if table == "table16":
+        rows = []
+        for loss in OWNERSHIP_LOSSES:
+            for n in s["table16_queries"]:
+                rows.append((f"{loss}_{n}", "wm", ["--losstype", loss, "--num_queries", str(n), "--datasetsteal",
+                                                   s["ood"], "--watermark", "True"] + _steal_epochs(s, n),
+                             {"loss": loss, "queries": n}))
+        return controls + rows
+    if table == "table17":
+        n, rows = s["table17_queries"], []
+        for loss in OWNERSHIP_LOSSES:
+            for aug in ("none", "standard", "rotation"):
+                flags = ["--losstype", loss, "--num_queries", str(n), "--watermark", "True"] + s["ownership_source"]
+                flags += [] if aug == "none" else ["--query-aug", aug]
+                rows.append((f"{loss}_{aug}", "wm", flags + _steal_epochs(s, n), {"loss": loss, "aug": aug}))
+        return controls + rows
+    if table in ("table18", "table19"):
+        return controls[1:] + own if table == "table18" else controls + own
+    if table == "table20":
+        n = counts[-1]
+        sup = [("supervised_victim", "sup", ["victim"], {"model": "S"}),
+               ("supervised_mse", "sup", ["--losstype", "mse", "--num_queries", str(n)] + s["ownership_source"]
+                + _steal_epochs(s, n),
+                {"model": "S", "loss": "mse", "queries": n})]
+        return ([(r, v, f, {**t, "model": "U"}) for r, v, f, t in controls]
+                + [(r, v, f, {**t, "model": "U"}) for r, v, f, t in own if t["queries"] == n] + sup)
+    raise KeyError(table)
+
+
+def ownership_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
+    """Tables 4 and 16-20: per seed, the watermarked victim (run.py --watermark True), an
+    independently trained encoder (run.py's plain victim of seed + 1), for Table 4 the plain
+    victim of the same seed (the watermark's cost, probed beside the watermarked one), for Table
+    20 a supervised victim (simclrsup.py); the copies each row needs; and one watermark.py
+    measurement per row. Copies live beside the other tables' runs, named by their flags, so
+    tables with the same attack share it (Tables 4, 18, 19 and 20 share theirs)."""
+    s = SETUP[scale]
+    data_flags = ["-data", data] if data else []
+    ds = s["victim"]
+    steps: list[Step] = []
+    for seed in seeds:
+        wm = str(victim_run_dir(ds, seed, kind="victimwm") / "checkpoint.pt")
+        independent = victim_checkpoint(ds, seed + 1)
+        sup = str(victim_run_dir(ds, seed, kind="supervised") / "checkpoint.pt")
+        victims = {"wm": wm, "sup": sup}
+        train = ["--dataset", ds, "--resume", "--scale", scale] + data_flags
+        steps.append(Step("run", train + ["--seed", str(seed), "--watermark", "True"], done_when=wm))
+        steps.append(Step("run", train + ["--seed", str(seed + 1)], done_when=independent))
+        base = {"table": table, "scale": scale, "seed": str(seed), "victim_train_size": str(s["victim_train_size"])}
+        if table == "table4":  # what the watermark costs: both victims of this seed, probed downstream
+            plain = victim_checkpoint(ds, seed)
+            steps.append(Step("run", train + ["--seed", str(seed)], done_when=plain))
+            for row, ckpt in (("victim_plain", plain), ("victim_watermarked", wm)):
+                tags = {**base, "row": row, "column": ds}
+                argv = ["--checkpoint", ckpt, "--modeltype", "victim", "--dataset-test", ds, "--seed", str(seed),
+                        "--label", row, "--results", results] + data_flags
+                steps.append(Step("linear_eval", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                                  tags=tags, needs=ckpt))
+        if table == "table20":
+            steps.append(Step("simclrsup", ["--dataset", ds, "--seed", str(seed), "--resume", "--scale", scale]
+                              + data_flags, done_when=sup))
+        for row, victim, flags, extra in ownership_suspects(table, s):
+            vckpt = victims[victim]
+            if flags[0] in ("victim", "random"):
+                suspect = flags[0]
+            elif flags[0] == "independent":
+                suspect = independent
+            else:
+                name = run_name("steal", flags)
+                logdir = str(table_run_dir(scale, f"{ds}_wm" if victim == "wm" else f"{ds}_supervised", seed, name))
+                suspect = f"{logdir}/checkpoint.pt"
+                steps.append(Step("steal", ["--victim-checkpoint", vckpt, "--seed", str(seed), "--logdir", logdir,
+                                            "--clear"] + flags + data_flags, done_when=suspect))
+            tags = {**base, "row": row, "column": "all", **{k: str(v) for k, v in extra.items()}}
+            argv = ["--victim-checkpoint", vckpt, "--suspect", suspect, "--tests", *OWNERSHIP_TESTS[table],
+                    "--seed", str(seed), "--scale", scale, "--label", row, "--results", results] + data_flags
+            if {"ttest", "l2"} & set(OWNERSHIP_TESTS[table]):
+                argv += ["--independent", independent]
+            more = tuple(p for p in (vckpt, independent) if p != suspect)
+            steps.append(Step("watermark", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                              tags=tags, needs=suspect if suspect not in ("victim", "random") else vckpt,
+                              needs_more=more))
+    return steps
+
+
 def checkpoint_finished(path: str) -> bool:
     """A checkpoint that completed every epoch its config asked for."""
     full = ROOT / path
@@ -259,6 +378,7 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
         if not step.done_when and not probe_done(step, records):
             todo[i] = True
             needed.add(step.needs)
+            needed.update(step.needs_more)
     # a stealing run that must run needs its victim too (scan the producers twice: steals, then victims)
     for _ in range(2):
         for i, step in enumerate(steps):
@@ -271,9 +391,11 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=TABLES + DEFENSE_TABLES,
+    p.add_argument("table", choices=TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES,
                    help="which table (defenses: table10 noise mean 10, table11 noise mean 0, table12 detection, "
-                        "table13 detection error rates = Tables 13-15, pow proof of work, poison)")
+                        "table13 detection error rates = Tables 13-15, pow proof of work, poison; ownership: table4 "
+                        "watermark t-test and the watermark's cost, table16 WSR by queries and loss, table17 WSR by "
+                        "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public)")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
@@ -288,7 +410,8 @@ def main(argv=None) -> list[Step]:
     args = build_parser().parse_args(argv)
     results = args.results or f"results/{args.table}_{args.scale}.jsonl"
     seeds = args.seeds if args.seeds is not None else SETUP[args.scale]["seeds"]
-    make = defense_plan if args.table in DEFENSE_TABLES else plan
+    make = (defense_plan if args.table in DEFENSE_TABLES else ownership_plan if args.table in OWNERSHIP_TABLES
+            else plan)
     steps = make(args.table, args.scale, seeds, args.data, results)
     if args.dry_run:
         for step in steps:

@@ -34,22 +34,23 @@ def test_tiny_training_run_writes_everything(tmp_path, script):
     assert load_checkpoint(logdir / "checkpoint.pt")["epoch"] == 3
 
 
-def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, script):
+@pytest.mark.parametrize("extra", [[], ["--watermark", "True"]], ids=["plain", "watermarked"])
+def test_killed_then_resumed_run_equals_uninterrupted(tmp_path, script, extra):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    r = script("run.py", *TINY, "--logdir", full)
+    r = script("run.py", *TINY, *extra, "--logdir", full)
     assert r.returncode == 0, r.stderr
     steps_per_epoch = 1097 // 64
     # SIGKILL in the middle of epoch 2 (after 1.5 epochs of optimizer steps)
-    r = script("run.py", *TINY, "--logdir", crashed,
+    r = script("run.py", *TINY, *extra, "--logdir", crashed,
                env={"SSLSTEAL_KILL_AT_STEP": str(steps_per_epoch + steps_per_epoch // 2)})
     assert r.returncode == -9, (r.returncode, r.stderr)
     assert load_checkpoint(crashed / "checkpoint.pt")["epoch"] == 1
-    r = script("run.py", *TINY, "--logdir", crashed, "--resume")
+    r = script("run.py", *TINY, *extra, "--logdir", crashed, "--resume")
     assert r.returncode == 0, r.stderr
     assert "1 of 3 epochs done" in r.stdout
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(crashed / "checkpoint.pt")
     assert b["epoch"] == 3
-    for part in ("encoder", "head"):
+    for part in ("encoder", "head") + (("watermark",) if extra else ()):
         for k, v in a[part]["state_dict"].items():
             assert torch.equal(v, b[part]["state_dict"][k]), f"{part}.{k} differs after resume"
 
@@ -209,7 +210,7 @@ def test_per_loss_defaults_and_the_sgd_momentum():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--watermark", "True"], "training a watermarked victim is not implemented"),
+    (["--watermark", "True", "--watermark-weight", "-1"], "--watermark-weight"),
     (["--losstype", "softnn", "--n-views", "3"], "exactly two views"),
     (["--losstype", "supcon", "-b", "63"], "even -b/--batch-size"),
     (["--losstype", "supcon", "--dataset", "patches"], "true class labels"),
@@ -237,3 +238,6 @@ def test_resume_refuses_another_loss(tmp_path, script):
     ckpt, _ = _tiny_run(tmp_path, "softnn", 0, 1)
     r = script("run.py", *TINY, "--epochs", "2", "--losstype", "supcon", "--logdir", ckpt.parent, "--resume")
     assert r.returncode == 2 and "trained with losstype softnn" in r.stderr
+    r = script("run.py", *TINY, "--epochs", "2", "--losstype", "softnn", "--watermark", "True", "--logdir",
+               ckpt.parent, "--resume")
+    assert r.returncode == 2 and "trained with watermark False, not True" in r.stderr

@@ -164,7 +164,7 @@ def test_steal_errors(tiny_victim, tmp_path):
         steal.main(base + ["--arch", "resnet34", "--num_queries", "64", "--logdir", str(tmp_path / "f")])
     with pytest.raises(UserError, match="trained on digits"):
         steal.main(base + ["--dataset", "digitsm", "--num_queries", "64", "--logdir", str(tmp_path / "g")])
-    with pytest.raises(UserError, match="no watermark"):
+    with pytest.raises(UserError, match="has no watermark predictor"):
         steal.main(base + ["--watermark", "True", "--num_queries", "64", "--logdir", str(tmp_path / "h")])
     with pytest.raises(UserError, match="already holds"):
         steal.main(base + ["--num_queries", "64", "--widthstolen", "8", "--stolenhead", "True",

@@ -1,0 +1,237 @@
+"""The ownership part of results/REPORT.md: Tables 4 and 16-20 (watermark and dataset inference).
+
+Reads the records ``watermark.py`` appends (``"what": "ownership"``, one per table, row and
+seed; written by ``scripts/tables.py table4|table16|...|table20``) and Table 4's two probe
+records of the victims with and without the watermark. Per row: mean ± 95% confidence
+interval over seeds of each statistic, and how many seeds gave each verdict.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from report import FAILS, HOLDS, INCONCLUSIVE, Estimate, _save_plot, compare, estimate
+
+OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
+ROWS = {"victim": "watermarked victim (itself)", "independent": "independent encoder", "random": "random init",
+        "supervised_victim": "supervised victim (itself)", "supervised_mse": "MSE copy of the supervised victim"}
+LOSS_NAMES = {"mse": "MSE", "softnn": "SoftNN", "infonce": "InfoNCE"}
+
+
+def ownership_records(records: list[dict]) -> dict:
+    """{(table, scale): {row: {seed: record}}}, the last record of a table/row/seed winning."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r.get("what") == "ownership" and r.get("table") in OWNERSHIP_TABLES:
+            out[(r["table"], r.get("scale", "?"))][r["row"]][str(r.get("seed"))] = r
+    return out
+
+
+def _name(row: str) -> str:
+    if row in ROWS:
+        return ROWS[row]
+    loss, _, rest = row.partition("_")
+    return f"{LOSS_NAMES.get(loss, loss)} copy, {rest}" if rest else row
+
+
+def _values(seeds: dict, test: str, key: str) -> list[float]:
+    return [r["metrics"][test][key] for r in seeds.values()
+            if test in r["metrics"] and r["metrics"][test].get(key) is not None]
+
+
+def _est(seeds: dict, test: str, key: str, scale: float = 1.0) -> Estimate | None:
+    return estimate([v * scale for v in _values(seeds, test, key)])
+
+
+def _verdicts(seeds: dict, test: str) -> str:
+    counts: dict = defaultdict(int)
+    for r in seeds.values():
+        if test in r["metrics"]:
+            counts[r["metrics"][test]["verdict"]] += 1
+    return ", ".join(f"{v} {n}/{len(seeds)}" for v, n in sorted(counts.items())) or "-"
+
+
+def _ps(seeds: dict, test: str, key: str = "p") -> str:
+    ps = [r["metrics"][test].get(key) for _, r in sorted(seeds.items()) if test in r["metrics"]]
+    return " / ".join("-" if p is None else f"{p:.2g}" for p in ps) or "-"
+
+
+def _fmt(e: Estimate | None, digits: int = 1) -> str:
+    if e is None:
+        return "-"
+    hw = e.half_width
+    return f"{e.mean:.{digits}f}" if hw is None else f"{e.mean:.{digits}f} ± {hw:.{digits}f}"
+
+
+def _row_order(rows: dict) -> list[str]:
+    first = [r for r in ("victim", "independent", "random", "supervised_victim", "supervised_mse") if r in rows]
+    rest = sorted((r for r in rows if r not in first),
+                  key=lambda r: (r.split("_")[0], int(r.split("_")[1]) if r.split("_")[1].isdigit() else 0, r))
+    return first + rest
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def ownership_claims(records: list[dict], data: dict, scale: str = "cpu") -> list[tuple[str, str, str]]:
+    """The issue's acceptance claims, checked on Table 4 and Table 18 at ``scale``."""
+    own = ownership_records(records)
+    t4, t18 = own.get(("table4", scale), {}), own.get(("table18", scale), {})
+    out = []
+    if t4:
+        ind = _est(t4.get("independent", {}), "wsr", "wsr_suspect")
+        lo_hi = "-" if ind is None else f"{ind.low:.1f}-{ind.high:.1f}"
+        near = INCONCLUSIVE if ind is None or ind.n < 2 else (
+            HOLDS if ind.low >= 45 and ind.high <= 55 else FAILS if ind.high < 45 or ind.low > 55 else INCONCLUSIVE)
+        out.append(("An independently trained encoder's WSR is near 50% (its 95% interval inside 45-55%)", near,
+                    f"independent {_fmt(ind)}% (interval {lo_hi}), {ind.n if ind else 0} seeds"))
+        vic = _est(t4.get("victim", {}), "wsr", "wsr_suspect")
+        out.append(("The watermarked victim's WSR is far above the independent encoder's", compare(vic, ind),
+                    f"victim {_fmt(vic)}% vs independent {_fmt(ind)}%"))
+        copies = {row: seeds for row, seeds in t4.items() if row not in ROWS}
+        significant = {row: sum(1 for r in seeds.values() if (r["metrics"].get("ttest", {}).get("p") or 1) < 0.05)
+                       for row, seeds in copies.items()}
+        n_seeds = max((len(s) for s in copies.values()), default=0)
+        best = [row for row, k in significant.items() if n_seeds and k == n_seeds]
+        verdict = HOLDS if best else (FAILS if copies and not any(significant.values()) else INCONCLUSIVE)
+        out.append(("A stolen copy's WSR exceeds the independent encoder's with p < 0.05 (one-sided t-test, per "
+                    "seed)", verdict, "; ".join(f"{_name(r)}: {k}/{len(copies[r])} seeds"
+                                                for r, k in sorted(significant.items())) or "no copies"))
+        probes = data.get(("table4", scale), {})
+        plain, marked = probes.get("victim_plain", {}), probes.get("victim_watermarked", {})
+        if plain and marked:
+            column = next(iter(plain))
+            seeds = sorted(set(plain[column]) & set(marked.get(column, {})))
+            diff = estimate([plain[column][s] - marked[column][s] for s in seeds])
+            small = INCONCLUSIVE if diff is None or diff.n < 2 else (
+                HOLDS if diff.high <= 5 else FAILS if diff.low > 5 else INCONCLUSIVE)
+            out.append(("The watermark costs the victim little downstream accuracy (same seed; cost under 5 "
+                        "points)", small, f"top-1 on {column}: plain {estimate([plain[column][s] for s in seeds])}"
+                        f" vs watermarked {estimate([marked[column][s] for s in seeds])}; cost {diff} points"))
+    if t18:
+        rows = [r for r in t18 if r.startswith("mse_")]
+        evidence, verdicts = [], []
+        for row in sorted(rows):
+            d_s, d_i = _est(t18[row], "l2", "mean_d_suspect"), _est(t18[row], "l2", "mean_d_independent")
+            verdicts.append(compare(d_i, d_s))
+            evidence.append(f"{_name(row)} {_fmt(d_s, 2)} vs independent {_fmt(d_i, 2)} ({_verdicts(t18[row], 'l2')})")
+        if rows:
+            verdict = HOLDS if verdicts and all(v == HOLDS for v in verdicts) else (
+                FAILS if FAILS in verdicts else INCONCLUSIVE)
+            out.append(("An MSE-stolen copy is closer to the victim in l2 than an independent model", verdict,
+                        "; ".join(evidence)))
+    return out
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def plot_wsr(rows: dict, path: Path, title: str) -> None:
+    def draw(ax):
+        for loss in LOSS_NAMES:
+            pts = sorted((int(r.split("_")[1]), _est(seeds, "wsr", "wsr_suspect"))
+                         for r, seeds in rows.items() if r.startswith(loss + "_") and r.split("_")[1].isdigit())
+            pts = [(n, e) for n, e in pts if e is not None]
+            if pts:
+                ax.errorbar([n for n, _ in pts], [e.mean for _, e in pts],
+                            yerr=[e.half_width or 0 for _, e in pts], marker="o", capsize=3, label=LOSS_NAMES[loss])
+        for row, style in (("victim", "--"), ("independent", ":")):
+            e = _est(rows.get(row, {}), "wsr", "wsr_suspect")
+            if e is not None:
+                ax.axhline(e.mean, linestyle=style, color="grey", label=ROWS[row])
+        ax.set_xscale("log")
+        ax.set_xlabel("queries")
+        ax.set_ylabel("watermark success rate (%)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    _save_plot(path, draw)
+
+
+def ownership_sections(records: list[dict], data: dict, paper: dict, out_dir: Path) -> list[str]:
+    own = ownership_records(records)
+    lines: list[str] = []
+    if not own:
+        return lines
+    lines += ["", "## Ownership verification (Tables 4, 16-20)", "",
+              "Mean ± 95% confidence interval over seeds; each seed has its own watermarked victim "
+              "(`run.py --watermark True`), its independent encoder (the plain victim of the next seed) and its "
+              "own copies; p values are listed per seed (seed 0 / 1 / 2), each from one t-test over the images "
+              "of that seed. WSR uses the victim's training images, each rotated once into each half-turn "
+              "(2 views per image). Verdicts at alpha = 0.05, counted over seeds. At `cpu` scale the victim is "
+              "the width-8 ResNet18 on `mnistm5k` (3,000 training images), the out-of-distribution queries "
+              "are `patches`, and query counts are 300-3,000 instead of 10K-70K."]
+    for (table, scale), rows in sorted(own.items(), key=lambda kv: (OWNERSHIP_TABLES.index(kv[0][0]), kv[0][1])):
+        ref = paper.get(table, {})
+        order = _row_order(rows)
+        n_seeds = max(len(s) for s in rows.values())
+        lines += ["", f"### {ref.get('title', table)} — ours at `{scale}` scale", "", f"{n_seeds} seed(s).", ""]
+        if table in ("table4", "table16", "table17"):
+            lines += ["| suspect | WSR, owner's predictor (%) | WSR, retrained predictor (%) | Δμ vs independent "
+                      "| p per seed | verdicts | paper |", "|---|---|---|---|---|---|---|"]
+            for row in order:
+                seeds = rows[row]
+                paper_cell = "-"
+                loss, _, rest = row.partition("_")
+                if table == "table16" and rest.isdigit():
+                    value = ref.get("wsr", {}).get(loss, {}).get(int(rest))
+                    paper_cell = f"{value}" if value is not None else "-"
+                elif table == "table17":
+                    value = ref.get("wsr", {}).get(loss, {}).get(rest)
+                    paper_cell = f"{value}" if value is not None else "-"
+                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'wsr', 'wsr_suspect'))} | "
+                             f"{_fmt(_est(seeds, 'retrained', 'wsr_suspect'))} | "
+                             f"{_fmt(_est(seeds, 'ttest', 'delta_mu'), 3)} | {_ps(seeds, 'ttest')} | "
+                             f"{_verdicts(seeds, 'ttest')} | {paper_cell} |")
+            if table == "table4":
+                lines += ["", "Paper (Δμ, p, t): " + "; ".join(f"{k}: {v[0]}, {v[1]:.2g}, {v[2]}"
+                                                              for k, v in ref.get("rows", {}).items())
+                          + ". Its independent encoder scores about 50%."]
+                probes = data.get(("table4", scale), {})
+                if probes.get("victim_plain") and probes.get("victim_watermarked"):
+                    column = next(iter(probes["victim_plain"]))
+                    lines += ["", f"The watermark's cost: linear-probe top-1 on {column}, plain victim "
+                              f"{estimate(probes['victim_plain'][column].values())} vs watermarked victim "
+                              f"{estimate(probes['victim_watermarked'].get(column, {}).values())} (same seeds)."]
+            if table == "table16":
+                png = out_dir / f"{table}_{scale}_wsr.png"
+                plot_wsr(rows, png, f"{table} ({scale}): WSR of copies by queries (95% CI)")
+                lines += ["", f"![WSR by queries]({png.name})", "",
+                          "Paper (MSE / SoftNN / InfoNCE, SVHN queries): " + "; ".join(
+                              f"{n // 1000}K {ref['wsr']['mse'][n]}/{ref['wsr']['softnn'][n]}/{ref['wsr']['infonce'][n]}"
+                              for n in sorted(ref.get("wsr", {}).get("mse", {})))]
+        elif table == "table18":
+            lines += ["| suspect | mean l2 to the victim | independent's | random's | p per seed | verdicts | paper |",
+                      "|---|---|---|---|---|---|---|"]
+            for row in order:
+                seeds = rows[row]
+                key = row if row != "random" else "random"
+                paper_cell = ref.get("distance", {}).get(key, "-")
+                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'l2', 'mean_d_suspect'), 2)} | "
+                             f"{_fmt(_est(seeds, 'l2', 'mean_d_independent'), 2)} | "
+                             f"{_fmt(_est(seeds, 'l2', 'mean_d_random'), 2)} | {_ps(seeds, 'l2')} | "
+                             f"{_verdicts(seeds, 'l2')} | {paper_cell} |")
+            lines += ["", "The paper's rows are 9K and 50K CIFAR10 queries; ours are the copies of Table 4."]
+        elif table == "table19":
+            lines += ["| suspect | μσ suspect | μσ victim | μσ random | p1 per seed | p2 per seed | verdicts |",
+                      "|---|---|---|---|---|---|---|"]
+            for row in order:
+                seeds = rows[row]
+                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'noise_ball', 'mu_sigma_suspect'), 4)} | "
+                             f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_victim'), 4)} | "
+                             f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_unrelated'), 4)} | "
+                             f"{_ps(seeds, 'noise_ball', 'p1')} | {_ps(seeds, 'noise_ball', 'p2')} | "
+                             f"{_verdicts(seeds, 'noise_ball')} |")
+            lines += ["", f"Paper: μσ victim {ref.get('victim')}, random {ref.get('random')} (p2 {ref.get('p2')}); "
+                      "stolen (μσ, p1): " + "; ".join(f"{k} {v[0]}, {v[1]}" for k, v in ref.get("stolen", {}).items())]
+        elif table == "table20":
+            lines += ["| suspect | Δμ (public − private) | p per seed | victim's own Δμ | victim's p per seed "
+                      "| verdicts |", "|---|---|---|---|---|---|"]
+            for row in order:
+                seeds = rows[row]
+                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'private_public', 'delta_mu'), 4)} | "
+                             f"{_ps(seeds, 'private_public')} | "
+                             f"{_fmt(_est(seeds, 'private_public', 'delta_mu_victim'), 4)} | "
+                             f"{_ps(seeds, 'private_public', 'p_victim')} | {_verdicts(seeds, 'private_public')} |")
+            lines += ["", "Paper (Δμ, p): " + "; ".join(f"{k}: {v[0]}, {v[1]:.2g}" for k, v in ref.get("rows", {}).items())]
+    return lines
