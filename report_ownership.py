@@ -77,6 +77,7 @@ def ownership_claims(records: list[dict], data: dict, scale: str = "cpu") -> lis
     """The issue's acceptance claims, checked on Table 4 and Table 18 at ``scale``."""
     own = ownership_records(records)
     t4, t18 = own.get(("table4", scale), {}), own.get(("table18", scale), {})
+    t17, t20 = own.get(("table17", scale), {}), own.get(("table20", scale), {})
     out = []
     if t4:
         ind = _est(t4.get("independent", {}), "wsr", "wsr_suspect")
@@ -120,6 +121,30 @@ def ownership_claims(records: list[dict], data: dict, scale: str = "cpu") -> lis
                 FAILS if FAILS in verdicts else INCONCLUSIVE)
             out.append(("An MSE-stolen copy is closer to the victim in l2 than an independent model", verdict,
                         "; ".join(evidence)))
+    if t17:
+        verdicts, evidence = [], []
+        for loss in LOSS_NAMES:
+            rot, std = _est(t17.get(f"{loss}_rotation", {}), "wsr", "wsr_suspect"), _est(
+                t17.get(f"{loss}_standard", {}), "wsr", "wsr_suspect")
+            if rot is not None and std is not None:
+                verdicts.append(compare(rot, std))
+                evidence.append(f"{LOSS_NAMES[loss]} {_fmt(rot)}% vs {_fmt(std)}%")
+        if verdicts:
+            verdict = HOLDS if all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else INCONCLUSIVE
+            out.append(("Rotating the attacker's queries raises the copy's WSR (Table 17: +Rotation above Standard)",
+                        verdict, "; ".join(evidence)))
+    if t20:
+        copies = {row: seeds for row, seeds in t20.items() if row not in ROWS}
+        flagged = {row: sum(1 for r in seeds.values() if r["metrics"].get("private_public", {}).get("verdict")
+                            == "stolen") for row, seeds in copies.items()}
+        if copies:
+            verdict = HOLDS if not any(flagged.values()) else FAILS if all(
+                k == len(copies[r]) for r, k in flagged.items()) else INCONCLUSIVE
+            out.append(("Dataset inference (private vs public training data, Table 20) misses copies of an SSL "
+                        "encoder", verdict, "; ".join(f"{_name(r)} flagged in {k}/{len(copies[r])} seeds"
+                                                      for r, k in sorted(flagged.items()))
+                        + f"; the independent encoder (trained on the same private data) in "
+                        f"{_verdicts(t20.get('independent', {}), 'private_public')}"))
     return out
 
 

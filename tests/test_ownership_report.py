@@ -76,6 +76,10 @@ def _records():
                 "wsr": {"wsr_suspect": value + shift, "n_views": 2000},
                 "ttest": {"delta_mu": (value - 49.0) / 100, "p": p, "t": 5.0,
                           "verdict": "stolen" if p < 0.05 else "not stolen"}}))
+        for row, value in (("mse_rotation", 74.0), ("mse_standard", 63.0)):
+            recs.append(_own("table17", row, seed, {"wsr": {"wsr_suspect": value + shift, "n_views": 2000}}))
+        recs.append(_own("table20", "mse_1000", seed, {"private_public": {"delta_mu": 0.001, "p": 0.3,
+                                                                          "verdict": "not stolen"}}))
         recs.append(_own("table18", "mse_1000", seed, {"l2": {"mean_d_suspect": 2.0 + 0.1 * shift,
                                                               "mean_d_independent": 6.0, "p": 1e-9,
                                                               "verdict": "stolen"}}))
@@ -97,6 +101,9 @@ def test_ownership_claims_by_hand():
     # plain 60, 61, 62; watermarked 58, 60, 62: cost 2, 1, 0 -> mean 1, interval 1 ± 2.5 -> under 5
     assert claims[cost][0] == "holds" and "1.0 ± 2.5" in claims[cost][1]
     assert claims[next(k for k in claims if "l2" in k)][0] == "holds"
+    assert claims[next(k for k in claims if "Rotating" in k)][0] == "holds"  # 74-76 vs 63-65
+    missed = next(k for k in claims if "misses copies" in k)
+    assert claims[missed][0] == "holds" and "flagged in 0/3 seeds" in claims[missed][1]
     # a copy that never passes the t-test, and an independent encoder far from 50%
     bad = [dict(r, metrics={**r["metrics"], "ttest": {**r["metrics"]["ttest"], "p": 0.5}})
            if r.get("row") == "mse_1000" and "ttest" in r.get("metrics", {}) else r for r in recs]
