@@ -116,8 +116,13 @@ def test_watermarked_victim_trains_its_predictor_and_carries_the_watermark(wm_vi
     feats, labels = rotated_features(encoder, images, seed=0)
     wsr = 100 * predictor_correct(load_predictor(ckpt), feats, labels).mean().item()
     assert wsr > 62.0  # measured 72-78 over seeds; chance is 50
-    # the service side never answers with the predictor: the victim's head is the projection head
-    assert ckpt["head"]["kwargs"]["dims"][-1] == 128
+    # the service never holds the predictor: it answers representations or projection-head outputs only
+    from victim import build_service, load_victim
+
+    service = build_service(load_victim(str(ckpt_path)))
+    assert set(service.backend.out_dims) == {"representation", "head", "representation+head"}
+    assert service.backend.out_dims["head"] == 128
+    assert "watermark" not in json.dumps(service.info())
 
 
 def test_wsr_of_a_constant_encoder_is_one_half():
