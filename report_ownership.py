@@ -124,14 +124,19 @@ def ownership_claims(records: list[dict], data: dict, scale: str = "cpu") -> lis
     if t17:
         verdicts, evidence = [], []
         for loss in LOSS_NAMES:
-            rot, std = _est(t17.get(f"{loss}_rotation", {}), "wsr", "wsr_suspect"), _est(
-                t17.get(f"{loss}_standard", {}), "wsr", "wsr_suspect")
-            if rot is not None and std is not None:
-                verdicts.append(compare(rot, std))
-                evidence.append(f"{LOSS_NAMES[loss]} {_fmt(rot)}% vs {_fmt(std)}%")
+            rot, std = t17.get(f"{loss}_rotation", {}), t17.get(f"{loss}_standard", {})
+            seeds = sorted(set(rot) & set(std))
+            diff = estimate([rot[k]["metrics"]["wsr"]["wsr_suspect"] - std[k]["metrics"]["wsr"]["wsr_suspect"]
+                             for k in seeds if "wsr" in rot[k]["metrics"] and "wsr" in std[k]["metrics"]])
+            if diff is not None:
+                verdicts.append(INCONCLUSIVE if diff.n < 2 else HOLDS if diff.low > 0 else
+                                FAILS if diff.high < 0 else INCONCLUSIVE)
+                evidence.append(f"{LOSS_NAMES[loss]} {_fmt(_est(rot, 'wsr', 'wsr_suspect'))}% vs "
+                                f"{_fmt(_est(std, 'wsr', 'wsr_suspect'))}% (paired gain {_fmt(diff)} points)")
         if verdicts:
             verdict = HOLDS if all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else INCONCLUSIVE
-            out.append(("Rotating the attacker's queries raises the copy's WSR (Table 17: +Rotation above Standard)",
+            out.append(("Rotating the attacker's queries raises the copy's WSR (Table 17: +Rotation above Standard, "
+                        "paired by seed)",
                         verdict, "; ".join(evidence)))
     if t20:
         copies = {row: seeds for row, seeds in t20.items() if row not in ROWS}
