@@ -29,7 +29,7 @@ Tests of a suspect encoder (``watermark.py`` is the CLI):
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,11 @@ from torch import nn
 from data_aug import rotate
 from errors import UserError
 from models import build_mlp, load_state_dict_strict
+from simclr import Step
 from statistical_tests.t_test import ttest
 
 TASK = "rotation"
 INTERVALS = ((0.0, 180.0), (180.0, 360.0))  # class 0, class 1 (degrees, upper bound excluded)
-Step = Callable
 
 
 def watermark_views(images: torch.Tensor, generator: Optional[torch.Generator] = None
