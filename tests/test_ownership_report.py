@@ -122,3 +122,13 @@ def test_report_writes_the_ownership_sections(tmp_path):
     assert "| MSE copy, 1000 | 59.0 ± 2.5 |" in text  # 58, 59, 60 over seeds
     assert "The watermark's cost" in text
     assert "| watermarked victim (itself) | 86.0 ± 2.5 |" in text
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_every_ownership_command_parses(scale):
+    """Each step of every ownership plan, at both scales, is a valid command line of its script."""
+    import importlib
+
+    for table in tables.OWNERSHIP_TABLES:
+        for step in tables.ownership_plan(table, scale, [0], "DATA" if scale == "paper" else None, "r.jsonl"):
+            importlib.import_module(step.script).build_parser().parse_args(step.argv)
