@@ -12,10 +12,11 @@ would run code is refused). Layout::
 
 ``load_encoder(path)`` rebuilds the encoder from the file alone. Plain state dicts from
 other code (torchvision, the reference's ``{"state_dict": ...}`` with ``backbone.*`` keys and
-its CIFAR ResNet's ``shortcut`` modules, kuangliu's ``{"net": ...}``, SimSiam's
-``module.encoder.*``) are loaded too: the architecture is read from the weights, prefixes are
-stripped, ``shortcut`` is renamed ``downsample``, and any missing or unexpected key is named
-in the error.
+its CIFAR ResNet's ``shortcut`` modules, kuangliu's ``{"net": ...}``) are loaded too: the
+architecture is read from the weights, prefixes are stripped, ``shortcut`` is renamed
+``downsample``, and any missing or unexpected key is named in the error. A checkpoint of the published SimSiam code (``module.encoder.*`` with its projector
+``module.encoder.fc.*``, ``module.predictor.*``) gives its backbone without the projector, with
+ImageNet's input normalisation (:func:`is_simsiam`).
 """
 from __future__ import annotations
 
@@ -185,7 +186,53 @@ def load_encoder(path: os.PathLike | str, *, arch: Optional[str] = None, stem: O
             load_state_dict_strict(head, ckpt["head"]["state_dict"], what="projection head")
         return encoder, head, ckpt
 
+    if is_simsiam(ckpt):
+        return _load_simsiam(path, ckpt, arch=arch, stem=stem, width=width)
     return _load_foreign(path, ckpt, arch=arch, stem=stem, width=width, with_head=with_head)
+
+
+SIMSIAM_ENCODER, SIMSIAM_PREDICTOR = "module.encoder.", "module.predictor."
+
+
+def is_simsiam(ckpt: dict) -> bool:
+    """A checkpoint of the published SimSiam code (facebookresearch/simsiam): ``{"state_dict": ...}``
+    with the backbone and projector under ``module.encoder.`` (projector ``module.encoder.fc.*``)
+    and the predictor under ``module.predictor.``."""
+    sd = ckpt.get("state_dict")
+    return (isinstance(sd, dict) and any(k.startswith(SIMSIAM_ENCODER) for k in sd)
+            and any(k.startswith(SIMSIAM_PREDICTOR) for k in sd))
+
+
+def _load_simsiam(path, ckpt: dict, *, arch, stem, width):
+    """The encoder of a SimSiam checkpoint without its projector (2048-d for ResNet50), with the
+    ImageNet stem read from the weights and ImageNet's input normalisation (SimSiam trained on
+    normalised ImageNet images; our encoders normalise inside). Every missing or unexpected
+    key is named in the error. The checkpoint gets ``kind: simsiam`` and ``dataset: imagenet``."""
+    from data_aug import dataset_info
+
+    sd = {k[len(SIMSIAM_ENCODER):]: v for k, v in ckpt["state_dict"].items()
+          if k.startswith(SIMSIAM_ENCODER) and not k.startswith(SIMSIAM_ENCODER + "fc.")}
+    try:
+        found = infer_architecture(sd)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} looks like a SimSiam checkpoint but its encoder is not a ResNet ({err})") from None
+    for key, value in {"arch": arch, "stem": stem, "width": width}.items():
+        if value is not None and found[key] != value:
+            raise CheckpointError(f"{path} holds a SimSiam {found['arch']} (stem {found['stem']}, width "
+                                  f"{found['width']}), but {key}={value!r} was asked for; drop the flag")
+    info = dataset_info("imagenet")
+    encoder = ResNetEncoder(found["arch"], stem=found["stem"], width=found["width"], mean=info.mean, std=info.std)
+    own = encoder.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    wrong = sorted(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(sd)
+                   if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{name} {', '.join(keys)}" for name, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if keys]
+        raise CheckpointError(f"the SimSiam checkpoint {path} does not fit a {found['arch']} encoder (keys under "
+                              f"{SIMSIAM_ENCODER}, projector fc.* dropped): " + "; ".join(parts))
+    encoder.load_state_dict(sd, strict=True)
+    return encoder, None, dict(ckpt, kind="simsiam", dataset="imagenet")
 
 
 # block counts per stage and block type of each architecture (for foreign state dicts)
