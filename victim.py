@@ -240,7 +240,8 @@ class LoadedVictim:
 
 
 def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, seed: int = 0,
-                arch: Optional[str] = None, width: Optional[int] = None, lossvictim: Optional[str] = None,
+                arch: Optional[str] = None, width: Optional[int] = None, stem: Optional[str] = None,
+                lossvictim: Optional[str] = None,
                 epochstrain: Optional[int] = None, victimtype: str = "simclr",
                 watermarked: bool = False) -> LoadedVictim:
     """Load a victim checkpoint (default: run.py's default run for ``dataset``/``seed``, or
@@ -257,7 +258,7 @@ def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, se
                             f"--dataset {dataset or DEFAULT_DATASET}{extra}` or pass --victim-checkpoint PATH")
     path = Path(path)
     with torch.random.fork_rng(devices=[]):  # rebuilding the modules must not move the caller's random state
-        encoder, head, ckpt = load_encoder(path, arch=arch, width=width, with_head=True)
+        encoder, head, ckpt = load_encoder(path, arch=arch, width=width, stem=stem, with_head=True)
     vconfig = ckpt.get("config") or {}
     for flag, value, key in (("lossvictim", lossvictim, "losstype"), ("epochstrain", epochstrain, "epochs")):
         if value is not None and key in vconfig and vconfig[key] != value:
@@ -302,6 +303,9 @@ def add_victim_args(parser, *, head_flag: bool = True):
                    help="the victim's architecture; checked against the checkpoint (default: the checkpoint's)")
     g.add_argument("--width", "--widthvic", dest="width", type=int, default=None,
                    help="the victim's base width; checked against the checkpoint (default: the checkpoint's)")
+    g.add_argument("--stem", default=None, choices=["cifar", "imagenet"],
+                   help="the victim's stem (cifar = 3x3 conv, imagenet = 7x7 conv and max-pool); checked against the "
+                        "checkpoint (default: read from its weights)")
     g.add_argument("--lossvictim", default=None,
                    help="the loss the victim was trained with; checked against the checkpoint")
     g.add_argument("--epochstrain", type=int, default=None,
@@ -320,7 +324,8 @@ def service_from_config(config: dict, *, answers: str, scale_flag: Optional[str]
     from utils import scale_of
 
     victim = load_victim(config.get("victim_checkpoint"), dataset=config.get("dataset"), seed=config["seed"],
-                         arch=config.get("arch"), width=config.get("width"), lossvictim=config.get("lossvictim"),
+                         arch=config.get("arch"), width=config.get("width"), stem=config.get("stem"),
+                         lossvictim=config.get("lossvictim"),
                          epochstrain=config.get("epochstrain"), watermarked=bool(config.get("watermark")))
     scale = scale_of(victim.dataset, scale_flag)
     defenses = build_defenses(config, scale)

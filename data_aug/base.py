@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from errors import UserError
+
 
 class ImageSet(Dataset):
     """An in-memory labelled image set. ``dataset[i] -> (float image in [0,1], label)``."""
@@ -63,6 +65,7 @@ class FolderImageSet(Dataset):
         self.base = base
         self.name, self.split, self.num_classes = name, split, num_classes
         self._image_size = image_size
+        self._decoded = None  # (images, labels) once decoded by .images / .labels
         # shorter side to S, then centre crop: every item has the same shape, and
         # augmentation (random resized crop) happens batched afterwards
         self.transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True),
@@ -83,6 +86,49 @@ class FolderImageSet(Dataset):
     def __getitem__(self, index: int):
         img, label = self.load(index)
         return img.float().div(255.0), label
+
+    def subset(self, indices: Sequence[int] | torch.Tensor, split: Optional[str] = None) -> "FolderImageSet":
+        """A lazily decoded view of some of the images (as :meth:`ImageSet.subset`)."""
+        from torch.utils.data import Subset
+
+        idx = [int(i) for i in torch.as_tensor(indices, dtype=torch.long)]
+        view = FolderImageSet.__new__(FolderImageSet)
+        view.__dict__.update(self.__dict__)
+        view.base, view.split, view._decoded = Subset(self.base, idx), split or self.split, None
+        return view
+
+    def _decode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_decoded", None) is None:
+            need = len(self) * 3 * self._image_size ** 2
+            if need > IN_MEMORY_LIMIT:
+                raise UserError(f"{self.name}/{self.split} is decoded lazily from image files ({len(self):,} images "
+                                f"at {self._image_size} px, {need / 2 ** 30:.1f} GiB as one tensor) and this step "
+                                f"needs them in memory; use fewer images (e.g. a smaller --num_queries) or a "
+                                f"smaller --image-size.")
+            items = [self.load(i) for i in range(len(self))]
+            self._decoded = (torch.stack([img for img, _ in items]) if items else
+                             torch.zeros(0, 3, self._image_size, self._image_size, dtype=torch.uint8),
+                             torch.tensor([label for _, label in items], dtype=torch.long))
+        return self._decoded
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images as one uint8 tensor, decoded on first use; refused (one sentence) above
+        :data:`IN_MEMORY_LIMIT` bytes."""
+        return self._decode_all()[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._decode_all()[1]
+
+    def __repr__(self) -> str:
+        return (f"FolderImageSet({self.name}/{self.split}: {len(self)} images "
+                f"{self._image_size}px, {self.num_classes} classes, decoded lazily)")
+
+
+# the largest lazily decoded set a step may hold in memory as one uint8 tensor (2 GiB: about
+# 14,000 images at 224 px); larger ones must be streamed
+IN_MEMORY_LIMIT = 2 * 2 ** 30
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

@@ -285,3 +285,23 @@ def test_download_skipped_when_files_present(tmp_path):
 def test_bad_image_size(tmp_path):
     with pytest.raises(UserError):
         load_real("cifar10", tmp_path, "train", 0)
+
+
+def test_image_folder_subsets_and_holdout_and_a_clear_error_when_too_big(tmp_path, monkeypatch):
+    """ImageNet folders are decoded lazily; the in-memory steps (holdout split, query views) work on
+    them through ``subset``/``images``, and a set too big to hold in memory is one sentence."""
+    import data_aug.base as base
+    from data_aug import split_holdout
+
+    expected = fx.WRITERS["imagenet"](tmp_path)
+    exp_images, exp_labels = expected["val"]
+    ds = load_real("imagenet", tmp_path, "val", exp_images.shape[-1], verify=False)
+    part = ds.subset([2, 0], split="val[picked]")
+    assert isinstance(part, FolderImageSet) and len(part) == 2 and part.split == "val[picked]" and len(ds) > 2
+    assert torch.equal(part.images, exp_images[[2, 0]]) and torch.equal(part.labels, exp_labels[[2, 0]])
+    query, evaluation = split_holdout(ds, holdout=2)
+    assert len(query) == len(ds) - 2 and torch.equal(evaluation.images, exp_images[-2:])
+    monkeypatch.setattr(base, "IN_MEMORY_LIMIT", 10)
+    with pytest.raises(UserError, match="decoded lazily from image files") as err:
+        ds.subset(range(3)).images
+    _one_sentence(err)

@@ -237,3 +237,9 @@ def test_label_and_logit_stealing_run(tiny_victim, tmp_path, script, extra):
     assert 0 <= results["fidelity"] <= 100 and len(results["fgsm_transfer"]) == 1
     assert json.loads((tmp_path / "k" / "results.json").read_text()) == results
     assert load_checkpoint(tmp_path / "k" / "checkpoint.pt")["kind"] == "stolen-classifier"
+
+
+def test_the_victim_stem_flag_is_checked_against_the_checkpoint(tiny_victim, tmp_path):
+    with pytest.raises(UserError, match="stem='cifar', but stem='imagenet' was asked for"):
+        steal.main(["--victim-checkpoint", str(tiny_victim), "--stem", "imagenet", "--losstype", "mse",
+                    "--num_queries", "64", "--device", "cpu", "--logdir", str(tmp_path / "s")])
