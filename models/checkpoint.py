@@ -122,11 +122,13 @@ def strip_prefixes(state_dict: dict, prefixes: Iterable[str] = KNOWN_PREFIXES) -
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict, what: str = "model",
-                           ignore_unexpected: Iterable[str] = ()) -> None:
-    """Load strictly, naming missing/unexpected keys and shape mismatches in one sentence.
+                           ignore_unexpected: Iterable[str] = (), every_key: bool = False) -> None:
+    """Load strictly, naming missing/unexpected keys and shape mismatches in one sentence
+    (the first four of each, or all of them with ``every_key``).
 
     Keys starting with any prefix in ``ignore_unexpected`` (e.g. ``fc.``) are dropped first.
     """
+    n = None if every_key else 4
     drop = tuple(ignore_unexpected)
     sd = {k: v for k, v in strip_prefixes(state_dict).items() if not (drop and k.startswith(drop))}
     own = module.state_dict()
@@ -135,21 +137,22 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, what: str = "mod
     wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
     problems = []
     if missing:
-        problems.append(f"missing keys {_short(missing)}")
+        problems.append(f"missing keys {_short(missing, n)}")
     if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
+        problems.append(f"unexpected keys {_short(unexpected, n)}")
     if wrong:
         problems.append("shape mismatches " + _short(
-            [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
+            [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong], n))
     if problems:
         raise CheckpointError(f"the weights do not fit this {what}: " + "; ".join(problems)
                               + "; check --arch/--width/--stem against the checkpoint")
     module.load_state_dict(sd, strict=True)
 
 
-def _short(items: list, n: int = 4) -> str:
-    shown = ", ".join(items[:n])
-    return f"[{shown}{', ... (%d more)' % (len(items) - n) if len(items) > n else ''}]"
+def _short(items: list, n: Optional[int] = 4) -> str:
+    if n is None or len(items) <= n:
+        return f"[{', '.join(items)}]"
+    return f"[{', '.join(items[:n])}, ... ({len(items) - n} more)]"
 
 
 def build_head(kwargs: dict) -> nn.Sequential:
@@ -212,26 +215,12 @@ def _load_simsiam(path, ckpt: dict, *, arch, stem, width):
 
     sd = {k[len(SIMSIAM_ENCODER):]: v for k, v in ckpt["state_dict"].items()
           if k.startswith(SIMSIAM_ENCODER) and not k.startswith(SIMSIAM_ENCODER + "fc.")}
-    try:
-        found = infer_architecture(sd)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path} looks like a SimSiam checkpoint but its encoder is not a ResNet ({err})") from None
-    for key, value in {"arch": arch, "stem": stem, "width": width}.items():
-        if value is not None and found[key] != value:
-            raise CheckpointError(f"{path} holds a SimSiam {found['arch']} (stem {found['stem']}, width "
-                                  f"{found['width']}), but {key}={value!r} was asked for; drop the flag")
+    found = _architecture(path, sd, {"arch": arch, "stem": stem, "width": width},
+                          "looks like a SimSiam checkpoint but its encoder is not a ResNet")
     info = dataset_info("imagenet")
     encoder = ResNetEncoder(found["arch"], stem=found["stem"], width=found["width"], mean=info.mean, std=info.std)
-    own = encoder.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = sorted(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(sd)
-                   if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{name} {', '.join(keys)}" for name, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if keys]
-        raise CheckpointError(f"the SimSiam checkpoint {path} does not fit a {found['arch']} encoder (keys under "
-                              f"{SIMSIAM_ENCODER}, projector fc.* dropped): " + "; ".join(parts))
-    encoder.load_state_dict(sd, strict=True)
+    load_state_dict_strict(encoder, sd, what=f"SimSiam {found['arch']} encoder (keys under {SIMSIAM_ENCODER}, "
+                           f"projector fc.* dropped) of {path}", every_key=True)
     return encoder, None, dict(ckpt, kind="simsiam", dataset="imagenet")
 
 
@@ -288,6 +277,20 @@ def _foreign_head(sd: dict) -> tuple[Optional[nn.Module], dict]:
     return head, kwargs
 
 
+def _architecture(path, sd: dict, expected: dict, failure: str) -> dict:
+    """The architecture of a foreign state dict, checked against the flags that name it;
+    ``failure`` completes the sentence "<path> ..." when it is no ResNet."""
+    try:
+        found = infer_architecture(sd)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} {failure} ({err})") from None
+    for key, value in expected.items():
+        if value is not None and found[key] != value:
+            raise CheckpointError(f"{path} holds a {found['arch']} (stem {found['stem']}, width {found['width']}), "
+                                  f"but {key}={value!r} was asked for; drop the flag or pass another checkpoint")
+    return found
+
+
 def _load_foreign(path, ckpt: dict, *, arch, stem, width, with_head: bool):
     """A checkpoint of other code (the reference's, kuangliu's, torchvision's): the architecture
     is read from the weights (and checked against ``arch``/``stem``/``width`` when given); the
@@ -296,13 +299,10 @@ def _load_foreign(path, ckpt: dict, *, arch, stem, width, with_head: bool):
     classifier (``kind`` supervised); else the head is ``None``."""
     try:
         sd = foreign_state_dict(ckpt)
-        found = infer_architecture(sd)
     except CheckpointError as err:
         raise CheckpointError(f"{path} is neither an sslsteal checkpoint nor a ResNet state dict ({err})") from None
-    for key, value in {"arch": arch, "stem": stem, "width": width}.items():
-        if value is not None and found[key] != value:
-            raise CheckpointError(f"{path} holds a {found['arch']} (stem {found['stem']}, width {found['width']}), "
-                                  f"but {key}={value!r} was asked for; drop the flag or pass another checkpoint")
+    found = _architecture(path, sd, {"arch": arch, "stem": stem, "width": width},
+                          "is neither an sslsteal checkpoint nor a ResNet state dict")
     encoder = ResNetEncoder(found["arch"], stem=found["stem"], width=found["width"])
     load_state_dict_strict(encoder, sd, what=f"{found['arch']} encoder", ignore_unexpected=("fc.", "linear."))
     head = None
