@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout
+from errors import UserError
 from defenses import inference
 from defenses.watermark import (check_dims, load_predictor, ownership_test, predictor_correct, retrained_wsr,
                                 rotated_features)
@@ -84,11 +85,9 @@ def verify(*, victim_encoder: nn.Module, victim_checkpoint: dict, victim_path: o
     dims = {name: inference.representations(enc, private[:2], device=device).shape[1]
             for name, enc in encoders.items()}
     for name, dim in dims.items():
-        check_dims(dim, dims["victim"], what=name if name != "suspect" else "suspect")
+        check_dims(dim, dims["victim"], what=name)
     needs_independent = {"ttest", "l2"} & set(tests)
     if needs_independent and independent is None:
-        from errors import UserError
-
         raise UserError(f"the {' and '.join(sorted(needs_independent))} test(s) compare the suspect with an "
                         f"independently trained encoder; pass --independent CHECKPOINT")
     out: dict = {}
