@@ -32,6 +32,15 @@ ROW_NAMES = {"victim": "victim", "random": "random init", "pixels": "raw pixels"
              "access_head": "access head (InfoNCE)", "mse": "MSE", "infonce": "InfoNCE", "softnn": "SoftNN",
              "wasserstein": "Wasserstein", "supcon": "SupCon*", "barlow": "Barlow*", "symmetrized": "SimSiam*"}
 BASELINES = ("victim", "random", "pixels")
+IMAGENET_TABLES = ("table3", "table8")
+IMAGENET_NOTE = {
+    "cpu": "ImageNet path (`stealsimsiam.py`, probe `linsimsiam.py`) on its CPU stand-in: the mnistm5k victim "
+           "re-exported in SimSiam's checkpoint format (so it normalises with ImageNet's statistics), an ImageFolder "
+           "of mnistm5k (`imagenet` = its train split, `imagenetval` = its test split) and `patches` in place of "
+           "CIFAR10 queries; rows are `<loss>_<queries>_<query set>`.",
+    "paper": "ImageNet path: `stealsimsiam.py` against the published SimSiam ResNet50, probed by `linsimsiam.py`; rows "
+             "are `<loss>_<queries>_<query set>`.",
+}
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
 
@@ -423,7 +432,8 @@ def write_report(results_dir: Path, out: Path) -> Path:
 
     for claim, verdict, evidence in claims(data, train_sizes) + noise_claims(data) + ownership_claims(records, data):
         lines.append(f"| {claim} | **{verdict}** | {evidence} |")
-    order = {t: i for i, t in enumerate(("efficiency", "table1", "table2", "table5", "table7", "table9"))}
+    order = {t: i for i, t in enumerate(("efficiency", "table1", "table2", "table3", "table5", "table7", "table8",
+                                         "table9"))}
     for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
         if table in NOISE_TABLES or table in OWNERSHIP_TABLES or table == "probes":
             continue
@@ -434,6 +444,8 @@ def write_report(results_dir: Path, out: Path) -> Path:
         lines += ["", f"## {ref.get('title', table)} — ours at `{scale}` scale", "",
                   f"{seeds_of(rows)} seed(s); probe test set of {', '.join(f'{n:,}' for n in sizes) if sizes else '?'} "
                   f"images.", ""]
+        if table in IMAGENET_TABLES:
+            lines += [IMAGENET_NOTE.get(scale, ""), ""]
         if table == "efficiency" and train_sizes.get((table, scale)):
             col = columns[0]
             points = efficiency_points(rows, col, train_sizes[(table, scale)])
@@ -453,7 +465,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
                       + (f". Fewest queries reaching 95% of the victim (mean): {ROW_NAMES.get(best[0], best[0])} "
                          f"at {100 * best[1]:.1f}% of the training set ({best[2]}% of the victim)."
                          if best else ". No loss reached 95% of the victim (mean) at these query counts.")]
-        elif table in ("table7", "table9"):
+        elif table in ("table7", "table8", "table9"):
             col = columns[0]
             png = out.parent / f"{table}_{scale}_queries.png"
             plot_queries(rows, col, f"{table} ({scale}): accuracy vs queries on {col} (95% CI)", png)

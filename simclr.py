@@ -83,7 +83,7 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
         seed: int, precision: Precision, save: Callable[[dict], None], run_dir: Path,
         logger, start: Optional[dict] = None, warmup_epochs: float = 0.0,
         tensorboard: bool = True, desc: str = "train", log_every_n_steps: int = 50,
-        evaluate: Optional[Callable[[int], dict]] = None) -> FitResult:
+        evaluate: Optional[Callable[[int], dict]] = None, dist=None) -> FitResult:
     """Train for ``epochs`` epochs, checkpointing through ``save`` after every epoch.
 
     Args:
@@ -98,7 +98,12 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
         evaluate: optional ``evaluate(epoch) -> {name: float}``, called after each epoch's steps
             with ``modules`` in eval mode and gradients off (then back to train mode); its
             metrics join the epoch's record, log line, metrics.jsonl and TensorBoard.
+        dist: a :class:`distributed.Dist` when this is one process of several (DDP): every rank
+            runs the loop on its own batches; the logged loss is the mean over ranks, the image
+            counts their sum, and only the main process shows progress, writes metrics.jsonl
+            and TensorBoard (``save`` runs on every rank and decides who writes).
     """
+    main = dist is None or dist.is_main
     modules = list(modules)
     total_steps = max(1, epochs * steps_per_epoch)
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
@@ -116,7 +121,7 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
         return FitResult(0, first_epoch, history)
 
     kill_at = int(os.environ.get(_KILL_AT_STEP, "0") or 0)
-    writer = _tensorboard(run_dir, logger) if tensorboard else None
+    writer = _tensorboard(run_dir, logger) if tensorboard and main else None
     for module in modules:
         module.train()
     try:
@@ -124,7 +129,7 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
             generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
             t0, n_images, loss_sum, n_steps, sums = time.perf_counter(), 0, 0.0, 0, {}
             bar = tqdm(batches(epoch, generator), total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
-                       leave=False, dynamic_ncols=True, disable=None)
+                       leave=False, dynamic_ncols=True, disable=None if main else True)
             lr = base_lr
             for batch in bar:
                 lr = cosine_lr(global_step, total_steps, base_lr, warmup_steps)
@@ -140,7 +145,7 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
                 precision.scaler.step(optimizer)
                 precision.scaler.update()
                 global_step += 1
-                value = loss.item()
+                value = (loss.detach() if dist is None else dist.average(loss.detach())).item()
                 loss_sum, n_steps, n_images = loss_sum + value, n_steps + 1, n_images + n
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -155,6 +160,8 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
                 raise ValueError("an epoch produced no batch: the dataset is smaller than one batch "
                                  "(lower -b/--batch-size)")
             seconds = time.perf_counter() - t0
+            if dist is not None:
+                n_images = int(dist.sum(n_images))
             record = {"epoch": epoch + 1, "step": global_step, "loss": loss_sum / n_steps, "lr": lr,
                       "seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1)}
             record.update({k: v / n_steps for k, v in sums.items()})
@@ -172,7 +179,8 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
             extra += "".join(f" {k} {v:.4f}" for k, v in evaluated.items())
             logger.info(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}{extra} "
                         f"lr {lr:.3e} time {seconds:.1f}s {record['images_per_s']:.0f} img/s")
-            append_jsonl(run_dir / "metrics.jsonl", record)
+            if main:
+                append_jsonl(run_dir / "metrics.jsonl", record)
             if writer is not None:
                 for k, v in record.items():
                     if k not in ("epoch", "step"):

@@ -4,6 +4,8 @@
 (uint8 ``N x 3 x S x S`` images and labels, ``-1`` where a set has none) or, for
 ImageNet, a lazily decoded :class:`FolderImageSet`. ``DATASETS[name]`` describes each
 dataset: splits, classes, native size and the normalisation constants its encoders use.
+``write_image_folder`` writes an :class:`ImageSet` as an ImageNet-style image folder
+(:mod:`data_aug.folder`), which ``get_dataset("imagenet", ...)`` reads back exactly.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from errors import UserError
 
 from .augment import NViews, SimCLRAugment, rotate, to_float
 from .base import FolderImageSet, ImageSet, iterate_batches
+from .folder import write_image_folder
 
 
 @dataclass(frozen=True)
@@ -127,4 +130,4 @@ def split_holdout(test, holdout: Optional[int] = None):
 
 
 __all__ = ["split_holdout", "DATASETS", "OFFLINE", "DatasetInfo", "dataset_info", "get_dataset", "ImageSet",
-           "FolderImageSet", "iterate_batches", "SimCLRAugment", "NViews", "rotate", "to_float"]
+           "FolderImageSet", "iterate_batches", "write_image_folder", "SimCLRAugment", "NViews", "rotate", "to_float"]

@@ -7,7 +7,7 @@ read by :mod:`models.checkpoint`.
 from .resnet import RESNET_SPECS, STEMS, ResNetEncoder
 from .heads import EncoderWithHead, build_mlp, simclr_head_dims
 from .checkpoint import (CheckpointError, build_head, load_checkpoint, load_encoder,
-                         load_state_dict_strict, save_checkpoint, strip_prefixes)
+                         load_state_dict_strict, save_checkpoint, save_simsiam, strip_prefixes)
 
 ARCHS = tuple(RESNET_SPECS)
 
@@ -18,5 +18,5 @@ def build_encoder(arch: str, **kwargs) -> ResNetEncoder:
 
 
 __all__ = ["ARCHS", "STEMS", "ResNetEncoder", "build_encoder", "EncoderWithHead", "build_mlp", "simclr_head_dims",
-           "build_head", "save_checkpoint", "load_checkpoint", "load_encoder",
+           "build_head", "save_checkpoint", "save_simsiam", "load_checkpoint", "load_encoder",
            "load_state_dict_strict", "strip_prefixes", "CheckpointError"]

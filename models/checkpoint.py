@@ -16,7 +16,8 @@ its CIFAR ResNet's ``shortcut`` modules, kuangliu's ``{"net": ...}``) are loaded
 architecture is read from the weights, prefixes are stripped, ``shortcut`` is renamed
 ``downsample``, and any missing or unexpected key is named in the error. A checkpoint of the published SimSiam code (``module.encoder.*`` with its projector
 ``module.encoder.fc.*``, ``module.predictor.*``) gives its backbone without the projector, with
-ImageNet's input normalisation (:func:`is_simsiam`).
+ImageNet's input normalisation (:func:`is_simsiam`); :func:`save_simsiam` writes one of our
+encoders in that format.
 """
 from __future__ import annotations
 
@@ -222,6 +223,58 @@ def _load_simsiam(path, ckpt: dict, *, arch, stem, width):
     load_state_dict_strict(encoder, sd, what=f"SimSiam {found['arch']} encoder (keys under {SIMSIAM_ENCODER}, "
                            f"projector fc.* dropped) of {path}", every_key=True)
     return encoder, None, dict(ckpt, kind="simsiam", dataset="imagenet")
+
+
+def save_simsiam(path: os.PathLike | str, encoder: nn.Module, *, projector_dim: Optional[int] = None,
+                 pred_dim: Optional[int] = None, seed: int = 0) -> Path:
+    """Write ``encoder`` (a :class:`ResNetEncoder` of any arch, width and stem) as a checkpoint of
+    the published SimSiam code, atomically (temp file, then rename); returns ``path``.
+
+    The file is what facebookresearch/simsiam's ``main_simsiam.py`` saves, ``{"epoch": 0, "arch":
+    encoder.arch, "state_dict": ..., "optimizer": {"state": {}, "param_groups": []}}``, with the
+    backbone under ``module.encoder.<torchvision key>``, SimSiam's 3-layer projector as
+    ``module.encoder.fc.*`` (Linear(d, d, no bias), BN, ReLU, Linear(d, d, no bias), BN, ReLU,
+    Linear(d, dim) -- torchvision's own ``fc``, so it keeps its bias as in SimSiam's builder --,
+    BN(dim, affine=False)) and the predictor as ``module.predictor.*`` (Linear(dim, pred, no bias),
+    BN, ReLU, Linear(pred, dim)); ``d = encoder.out_dim``, ``dim = projector_dim or d`` and
+    ``pred = pred_dim or max(dim // 4, 1)``. Only tensors, ints and strings: it loads with
+    ``torch.load(weights_only=True)``, and :func:`is_simsiam` recognises it.
+
+    Our encoders have no SimSiam heads, so the projector and predictor are freshly initialised
+    from ``seed`` (the caller's random state is left untouched); they only make the file
+    format-exact, :func:`load_encoder` drops them.
+
+    The SimSiam format carries no input normalisation (SimSiam normalised its inputs with
+    ImageNet's statistics in the data loader), so the encoder's own ``mean``/``std`` are not
+    saved and :func:`load_encoder` applies ImageNet's, mean (0.485, 0.456, 0.406) and std
+    (0.229, 0.224, 0.225): the loaded encoder gives the original's outputs exactly when the
+    original was built with those.
+    """
+    enc = _unwrap(encoder)
+    if not isinstance(enc, ResNetEncoder):
+        raise TypeError(f"save_simsiam needs a ResNetEncoder, got {type(enc).__name__}")
+    if enc.conv1.in_channels != 3:
+        raise ValueError(f"the SimSiam format is for RGB encoders; this one takes {enc.conv1.in_channels} channels")
+    d = enc.out_dim
+    dim = int(projector_dim or d)
+    pred = int(pred_dim or max(dim // 4, 1))
+    if dim < 1 or pred < 1:
+        raise ValueError(f"projector_dim and pred_dim must be positive, got {projector_dim}, {pred_dim}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True),
+                                  nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True),
+                                  nn.Linear(d, dim), nn.BatchNorm1d(dim, affine=False))
+        predictor = nn.Sequential(nn.Linear(dim, pred, bias=False), nn.BatchNorm1d(pred), nn.ReLU(inplace=True),
+                                  nn.Linear(pred, dim))
+    sd = {f"{SIMSIAM_ENCODER}{k}": v for k, v in enc.state_dict().items()}
+    sd.update({f"{SIMSIAM_ENCODER}fc.{k}": v for k, v in projector.state_dict().items()})
+    sd.update({f"{SIMSIAM_PREDICTOR}{k}": v for k, v in predictor.state_dict().items()})
+    sd = {k: v.detach().to("cpu").clone() for k, v in sd.items()}
+    payload = {"epoch": 0, "arch": enc.arch, "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 # block counts per stage and block type of each architecture (for foreign state dicts)

@@ -47,7 +47,15 @@ SETUP = {
             "defense_queries": 1000, "defense_epochs": 50, "noise_sigmas": [0, 0.25, 0.5, 1, 2],
             "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
             "ownership_queries": [300, 1000], "table16_queries": [300, 1000, 3000], "table17_queries": 1000,
-            "ownership_source": []},
+            "ownership_source": [],
+            "imagenet_columns": ["mnistm5k", "mnist5k", "digitsm"], "imagenet_other": "patches",
+            "table3_rows": [("mse", 1000, "patches"), ("infonce", 1000, "patches"), ("mse", 1000, "imagenetval"),
+                            ("mse", 1000, "imagenet"), ("infonce", 1000, "imagenetval"), ("infonce", 1000, "imagenet"),
+                            ("mse", 3000, "imagenet"), ("infonce", 3000, "imagenet")],
+            "table8_queries": [100, 300, 1000, 3000],
+            "imagenet_steal": ["--image-size", "28", "-b", "64", "--lr", "0.4", "--epochs", "30",
+                               "--temperature", "0.1", "--useaug", "False"], "imagenet_step_budget": 30_000,
+            "imagenet_probe": ["--image-size", "28"]},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
               "victim_train_size": 50000, "ood": "svhn",
               "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
@@ -58,12 +66,24 @@ SETUP = {
               "defense_queries": 9000, "defense_epochs": None, "noise_sigmas": [0, 1, 2, 3, 4],
               "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
               "ownership_queries": [10000, 50000], "table16_queries": [10000, 20000, 30000, 40000, 50000, 60000, 70000],
-              "table17_queries": 50000, "ownership_source": ["--force", "True"]},
+              "table17_queries": 50000, "ownership_source": ["--force", "True"],
+              "imagenet_columns": ["cifar10", "cifar100", "stl10", "svhn", "fashionmnist"], "imagenet_other": "cifar10",
+              "table3_rows": [("mse", 50000, "cifar10"), ("infonce", 50000, "cifar10"), ("mse", 50000, "imagenetval"),
+                              ("mse", 50000, "imagenet"), ("infonce", 50000, "imagenetval"),
+                              ("infonce", 50000, "imagenet"), ("mse", 100000, "imagenet"),
+                              ("infonce", 100000, "imagenet"), ("mse", 200000, "imagenet"),
+                              ("infonce", 200000, "imagenet"), ("infonce", 250000, "imagenet")],
+              "table8_queries": [500, 1000, 5000, 10000, 20000, 30000, 40000, 50000],
+              "imagenet_steal": ["-b", "512", "--lr", "0.1", "--lars", "--temperature", "0.1", "--workers", "8"],
+              "imagenet_step_budget": None,
+              "imagenet_probe": ["-b", "256", "--lars", "--lr", "1.0", "--workers", "8"]},
 }
 TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
 DEFENSE_TABLES = ("table10", "table11", "table12", "table13", "pow", "poison")
 OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
 OWNERSHIP_LOSSES = ("mse", "softnn", "infonce")
+IMAGENET_TABLES = ("table3", "table8")
+DISTRIBUTED_SCRIPTS = ("stealsimsiam", "linsimsiam")  # run under torchrun with --nproc > 1
 # the tests watermark.py runs for each ownership table (defenses.ownership.TESTS)
 OWNERSHIP_TESTS = {"table4": ["wsr", "retrained", "ttest"], "table16": ["wsr", "retrained", "ttest"],
                    "table17": ["wsr", "retrained", "ttest"], "table18": ["l2"], "table19": ["noise_ball"],
@@ -80,9 +100,12 @@ class Step:
     needs: str = ""                 # probes: the checkpoint they read
     needs_more: tuple = ()          # probes: other checkpoints they read (ownership: the victim, the independent)
 
-    def command(self) -> str:
+    def command(self, nproc: int = 1) -> str:
         program = f"-m {self.script}" if "." in self.script else f"{self.script}.py"
-        return " ".join(["python", program] + [shlex.quote(a) for a in self.argv])
+        launcher = ["python"]
+        if nproc > 1 and self.script in DISTRIBUTED_SCRIPTS:
+            launcher = ["torchrun", "--standalone", f"--nproc_per_node={nproc}"]
+        return " ".join(launcher + [program] + [shlex.quote(a) for a in self.argv])
 
 
 def victim_checkpoint(dataset: str, seed: int) -> str:
@@ -123,6 +146,7 @@ def run_name(script: str, flags: list[str]) -> str:
     while i < len(flags):
         key, value = flags[i].lstrip("-"), flags[i + 1]
         parts.append({"losstype": value, "num_queries": f"q{value}", "datasetsteal": value,
+                      "useval": "val" if value == "True" else "",
                       "force": "train" if value == "True" else "", "victimhead": "head" if value == "True" else "",
                       "epochs": f"e{value}", "watermark": "wm" if value == "True" else "",
                       "query-aug": f"aug{value}"}.get(key, f"{key}{value}"))
@@ -336,6 +360,72 @@ def ownership_plan(table: str, scale: str, seeds: list[int], data: str | None, r
     return steps
 
 
+def imagenet_rows(table: str, s: dict) -> list[tuple[str, str, int, str, dict]]:
+    """Table 3 or 8's stolen rows: ``(row, loss, queries, query set, extra tags)``; the query set
+    ``imagenetval`` is ImageNet's val folder (``--useval True``)."""
+    if table == "table3":
+        return [(f"{loss}_{n}_{q}", loss, n, q, {"loss": loss, "queries": n, "query_set": q})
+                for loss, n, q in s["table3_rows"]]
+    return [(f"infonce_{n}", "infonce", n, s["imagenet_other"], {"loss": "infonce", "queries": n})
+            for n in s["table8_queries"]]
+
+
+def imagenet_extra(s: dict, n: int) -> list[str]:
+    """Per query count: CPU gives small query sets more epochs (about ``imagenet_step_budget``
+    image-steps, 10 to 300 epochs); paper scale lowers the batch of 512 below 4 batches of queries."""
+    if s["imagenet_step_budget"]:
+        epochs = min(300, max(10, s["imagenet_step_budget"] // n))
+        return [] if epochs == 30 else ["--epochs", str(epochs)]
+    return ["-b", "128"] if n < 4 * 512 else []
+
+
+def imagenet_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str,
+                  pretrained: str | None = None) -> list[Step]:
+    """Tables 3 and 8: steal an ImageNet SimSiam victim (stealsimsiam.py) and probe the copies, the
+    victim and a random encoder on each column (linsimsiam.py).
+
+    Paper scale: the published checkpoint (``--pretrained``) and ImageNet under ``-data``. CPU
+    scale: per seed, run.py's mnistm5k victim re-exported in SimSiam format beside an ImageFolder
+    of mnistm5k (``scripts/imagenet_cpu.py``, in ``runs/imagenet_cpu_s<seed>``), so the same code
+    path runs end to end on the offline data."""
+    s = SETUP[scale]
+    steps: list[Step] = []
+    for seed in seeds:
+        if scale == "cpu":
+            vckpt = victim_checkpoint(s["victim"], seed)
+            steps.append(Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale],
+                              done_when=vckpt))
+            root = f"runs/imagenet_cpu_s{seed}"
+            victim = f"{root}/simsiam_victim.pth.tar"
+            steps.append(Step("scripts.imagenet_cpu", ["--dataset", s["victim"], "--out", root,
+                                                       "--victim-checkpoint", vckpt], done_when=victim))
+            data_flags = ["--data", root]
+        else:
+            victim = pretrained or "models/checkpoint_0099-batch256.pth.tar"
+            data_flags = ["--data", data] if data else []
+        probes = [("victim", "victim", ["--pretrained", victim], victim, {}),
+                  ("random", "random", ["--pretrained", victim], victim, {})]
+        for row, loss, n, qset, extra in imagenet_rows(table, s):
+            source = ["--datasetsteal", "imagenet", "--useval", "True"] if qset == "imagenetval" else [
+                "--datasetsteal", qset]
+            flags = ["--losstype", loss, "--num_queries", str(n)] + source + imagenet_extra(s, n)
+            logdir = str(table_run_dir(scale, "imagenet", seed, run_name("stealsimsiam", flags)))
+            steps.append(Step("stealsimsiam", ["--pretrained", victim, "--seed", str(seed), "--logdir", logdir,
+                                               "--resume"] + s["imagenet_steal"] + flags + data_flags,
+                              done_when=f"{logdir}/checkpoint.pt"))
+            probes.append((row, "stolen", ["--checkpoint", f"{logdir}/checkpoint.pt"], f"{logdir}/checkpoint.pt",
+                           extra))
+        for row, modeltype, source, needs, extra in probes:
+            for column in s["imagenet_columns"]:
+                tags = {"table": table, "scale": scale, "row": row, "column": column, "seed": str(seed),
+                        **{k: str(v) for k, v in extra.items()}}
+                argv = source + ["--modeltype", modeltype, "--dataset", column, "--seed", str(seed), "--label", row,
+                                 "--results", results] + s["imagenet_probe"] + data_flags
+                steps.append(Step("linsimsiam", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                                  tags=tags, needs=needs))
+    return steps
+
+
 def checkpoint_finished(path: str) -> bool:
     """A checkpoint that completed every epoch its config asked for."""
     full = ROOT / path
@@ -347,6 +437,8 @@ def checkpoint_finished(path: str) -> bool:
         ckpt = load_checkpoint(full)
     except UserError:
         return False
+    if not ckpt.get("config"):  # not a training run's checkpoint (e.g. an exported SimSiam victim): it exists
+        return True
     return ckpt.get("epoch") == (ckpt.get("config") or {}).get("epochs")
 
 
@@ -379,29 +471,38 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
             todo[i] = True
             needed.add(step.needs)
             needed.update(step.needs_more)
-    # a stealing run that must run needs its victim too (scan the producers twice: steals, then victims)
-    for _ in range(2):
+    # a stealing run that must run needs its victim too (scan the producers three times: steals, then
+    # victims, then what a victim is made from, e.g. the run.py victim of an exported SimSiam one)
+    for _ in range(3):
         for i, step in enumerate(steps):
             if step.done_when in needed and not checkpoint_finished(step.done_when):
                 todo[i] = True
-                if "--victim-checkpoint" in step.argv:
-                    needed.add(step.argv[step.argv.index("--victim-checkpoint") + 1])
+                for flag in ("--victim-checkpoint", "--pretrained"):
+                    if flag in step.argv:
+                        needed.add(step.argv[step.argv.index(flag) + 1])
     return todo
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES,
+    p.add_argument("table", choices=TABLES + IMAGENET_TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES,
                    help="which table (defenses: table10 noise mean 10, table11 noise mean 0, table12 detection, "
                         "table13 detection error rates = Tables 13-15, pow proof of work, poison; ownership: table4 "
                         "watermark t-test and the watermark's cost, table16 WSR by queries and loss, table17 WSR by "
-                        "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public)")
+                        "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public; "
+                        "ImageNet: table3 losses and query sets, table8 number of CIFAR10 queries)")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
                         "gives mean and 95%% confidence interval over them")
     p.add_argument("-data", "--data", dest="data", default=None, help="root of the real datasets (paper scale)")
     p.add_argument("--results", default=None, help="results file (default: results/<table>_<scale>.jsonl)")
+    p.add_argument("--pretrained", default=None,
+                   help="table3/table8 at paper scale: the SimSiam victim checkpoint (default "
+                        "models/checkpoint_0099-batch256.pth.tar, the reference's)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="table3/table8: processes (GPUs) per stealsimsiam.py / linsimsiam.py run; above 1 they run "
+                        "under `torchrun --standalone --nproc_per_node N`")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return apply_numeric_rules(p)
 
@@ -410,12 +511,15 @@ def main(argv=None) -> list[Step]:
     args = build_parser().parse_args(argv)
     results = args.results or f"results/{args.table}_{args.scale}.jsonl"
     seeds = args.seeds if args.seeds is not None else SETUP[args.scale]["seeds"]
-    make = (defense_plan if args.table in DEFENSE_TABLES else ownership_plan if args.table in OWNERSHIP_TABLES
-            else plan)
-    steps = make(args.table, args.scale, seeds, args.data, results)
+    if args.table in IMAGENET_TABLES:
+        steps = imagenet_plan(args.table, args.scale, seeds, args.data, results, args.pretrained)
+    else:
+        make = (defense_plan if args.table in DEFENSE_TABLES else ownership_plan if args.table in OWNERSHIP_TABLES
+                else plan)
+        steps = make(args.table, args.scale, seeds, args.data, results)
     if args.dry_run:
         for step in steps:
-            print(step.command())
+            print(step.command(args.nproc))
         return steps
     import os
 
@@ -430,8 +534,16 @@ def main(argv=None) -> list[Step]:
             append_jsonl(results, reuse)
             print(f"[{i}/{len(steps)}] pixels probe reused from {reuse['reused_from']}: {step.command()}", flush=True)
             continue
-        print(f"[{i}/{len(steps)}] {step.command()}", flush=True)
-        importlib.import_module(step.script).main(step.argv)
+        print(f"[{i}/{len(steps)}] {step.command(args.nproc)}", flush=True)
+        if args.nproc > 1 and step.script in DISTRIBUTED_SCRIPTS:
+            import subprocess
+
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(args.nproc), f"{step.script}.py", *step.argv]
+            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                raise UserError(f"step {i} failed: {step.command(args.nproc)}")
+        else:
+            importlib.import_module(step.script).main(step.argv)
     print(f"\n{args.table} ({args.scale}): results in {results}; `python report.py` writes results/REPORT.md")
     return steps
 

@@ -27,6 +27,8 @@ SCRIPTS = {
     "defenses.measure": ("defenses.measure", None, ["detection", "--victim-checkpoint", "x", "--results", "r"]),
     "tables": ("tables", None, ["table2"]),
     "watermark": ("watermark", None, []),
+    "stealsimsiam": ("stealsimsiam", None, []),
+    "linsimsiam": ("linsimsiam", None, []),
 }
 
 # what 0 and -1 must give, written by hand from each flag's meaning (True = accepted); nan and a
@@ -36,12 +38,14 @@ EXPECTED = {
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
                      "widthstolen", "holdout", "lr", "lrhead", "temperature", "temperaturesn", "crop_min_scale",
                      "num_labeled", "probe_epochs", "probe_lr", "num_queries_unused", "tempsn", "lr_unused",
-                     "num_labeled_unused", "out_dim_unused", "temperature_unused", "watermark_hidden", "alpha"],
+                     "num_labeled_unused", "out_dim_unused", "temperature_unused", "watermark_hidden", "alpha",
+                     "print_freq", "epochssteal", "nproc"],
                    (False, False)),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "pow_bits_min", "pow_bits_max", "weight_decay",
                      "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p", "momentum", "probe_wd", "sigma_unused",
-                     "watermark_weight"],
+                     "watermark_weight", "start_epoch", "gpu"],
                    (True, False)),
+    **dict.fromkeys(["world_size", "rank"], (True, True)),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "pow_threshold", "mu_unused"], (True, True)),
 }
 
