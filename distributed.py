@@ -27,6 +27,7 @@ clean in 28 of 28 runs where a barrier alone failed 1 in 16).
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import socket
@@ -42,6 +43,9 @@ from torch import nn
 from errors import UserError
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# how long a collective may wait: long enough for the main process to train a probe alone while the
+# others wait at a barrier (linsimsiam.py); a failed process still ends the job at once through torchrun
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass
@@ -239,7 +243,7 @@ def from_flags(config: dict) -> Dist:
     if backend == "nccl" and device.type != "cuda":
         raise UserError("--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo (or auto) on CPU")
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world,
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT,
                                  device_id=device if device.type == "cuda" else None)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world, device=device,
                 backend=backend)

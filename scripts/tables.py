@@ -55,7 +55,7 @@ SETUP = {
             "table8_queries": [100, 300, 1000, 3000],
             "imagenet_steal": ["--image-size", "28", "-b", "64", "--lr", "0.4", "--epochs", "30",
                                "--temperature", "0.1", "--useaug", "False"], "imagenet_step_budget": 30_000,
-            "imagenet_probe": ["--image-size", "28"]},
+            "imagenet_probe": ["--image-size", "28", "--eval-set", "holdout"]},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
               "victim_train_size": 50000, "ood": "svhn",
               "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
