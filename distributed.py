@@ -220,7 +220,7 @@ def from_flags(config: dict) -> Dist:
         local_rank = int(os.environ["LOCAL_RANK"])
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     elif (config.get("world_size") or -1) > 1:
-        if (config.get("rank") or -1) < 0:
+        if config.get("rank") is None or config["rank"] < 0:
             raise UserError(f"--world-size {config['world_size']} needs this machine's --rank (0 to "
                             f"{config['world_size'] - 1})")
         _rendezvous_env(config.get("dist_url", "env://"))

@@ -132,3 +132,31 @@ def test_clear_errors(world, tmp_path):
     with pytest.raises(UserError, match="larger than the 96 query images"):
         stealsimsiam.main(_args(world, tmp_path / "e", "-b", "128"))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_reference_world_size_and_rank_flags_start_the_same_job(world, tmp_path):
+    """The reference's multi-machine flags (--world-size 2 --rank R --dist-url tcp://...) without torchrun:
+    two processes meet at the URL and run one job (here both on this machine, gloo)."""
+    from distributed import _free_port
+
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "stealsimsiam.py"),
+                               *_args(world, tmp_path / "ref", "--epochs", "1"), "--world-size", "2", "--rank", str(r),
+                               "--dist-url", url, "--dist-backend", "gloo", "--device", "cpu"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    q = json.loads((tmp_path / "ref" / "queries.json").read_text())
+    assert q["processes"] == 2 and q["queries_used"] == N_QUERIES and q["per_rank"] == [N_QUERIES // 2] * 2
+    # one process logs for the job
+    assert "queries used in total" in outs[0][0] and "queries used in total" not in outs[1][0]
+
+
+def test_multiprocessing_distributed_without_a_gpu_is_one_sentence(world, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the flag would start one process per GPU")
+    with pytest.raises(UserError, match="no CUDA GPU is visible; on CPU use `torchrun --nproc_per_node N`"):
+        stealsimsiam.main(_args(world, tmp_path / "mp", "--multiprocessing-distributed"))
