@@ -59,7 +59,8 @@ def test_cpu_chain_resumes_from_records(tmp_path, monkeypatch):
 
 def test_report_has_the_imagenet_sections(tmp_path):
     for seed in range(3):
-        for row, acc in (("victim", 61.0), ("random", 30.0), ("mse_1000_imagenet", 55.0)):
+        for row, acc in (("victim", 61.0), ("random", 30.0), ("mse_1000_imagenet", 55.0),
+                         ("infonce_1000_imagenet", 58.0)):
             utils.append_jsonl(tmp_path / "table3_cpu.jsonl", {"table": "table3", "scale": "cpu", "row": row,
                                                                "column": "mnistm5k", "seed": str(seed),
                                                                "metrics": {"top1": acc + seed, "n_test": 1000}})
@@ -72,3 +73,19 @@ def test_report_has_the_imagenet_sections(tmp_path):
     assert "Table 3: ImageNet SimSiam ResNet50 victim" in text and "Table 8: ImageNet ResNet50 victim" in text
     assert "| mse_1000_imagenet | 56.0 ±" in text and "re-exported in SimSiam's checkpoint format" in text
     assert (tmp_path / "table8_cpu_queries.png").is_file()
+    # the claims by hand: every seed shifts all rows alike, so paired differences have no spread
+    data = report.collect([r for f in ("table3_cpu.jsonl", "table8_cpu.jsonl") for r in utils.read_jsonl(tmp_path / f)])
+    claims = {c: (v, e) for c, v, e in report.imagenet_claims(data)}
+    verdicts = [v for v, _ in claims.values()]
+    assert len(claims) == 4 and verdicts == [report.HOLDS] * 4, claims
+    infonce_vs_mse = next(e for c, (v, e) in claims.items() if "InfoNCE steals" in c)
+    assert "1000_imagenet 3.0" in infonce_vs_mse
+    best = next(e for c, (v, e) in claims.items() if "90%" in c)
+    assert "infonce_1000_imagenet" in best  # (58 + s) / (61 + s): 95.1% of the victim on average
+    # a copy below random fails the first claim
+    for seed in range(3):
+        utils.append_jsonl(tmp_path / "table3_cpu.jsonl", {"table": "table3", "scale": "cpu", "row": "mse_10_imagenet",
+                                                           "column": "mnistm5k", "seed": str(seed),
+                                                           "metrics": {"top1": 20.0 + seed, "n_test": 1000}})
+    data = report.collect(utils.read_jsonl(tmp_path / "table3_cpu.jsonl"))
+    assert report.imagenet_claims(data)[0][1] == report.FAILS
