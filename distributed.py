@@ -154,6 +154,25 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     return g
 
 
+def add_job_args(parser: argparse.ArgumentParser) -> None:
+    """The distributed flags, then the flags every script shares (``utils.add_common_args``, so call it
+    last); ``-j/--workers`` defaults to :func:`default_workers` per process."""
+    from utils import add_common_args
+
+    add_distributed_args(parser)
+    add_common_args(parser)
+    parser.set_defaults(workers=None)
+    for action in parser._actions:
+        if action.dest == "workers":
+            action.help = ("DataLoader workers per process for image folders (default: min(8, cores / processes "
+                           "on this machine - 1)); in-memory datasets need none")
+
+
+def default_workers(dist: "Dist") -> int:
+    """DataLoader workers per process when -j is not given: the machine's cores shared among its processes."""
+    return min(8, max(0, (os.cpu_count() or 1) // dist.local_world_size - 1))
+
+
 def under_torchrun() -> bool:
     return all(k in os.environ for k in TORCHRUN_ENV)
 

@@ -46,12 +46,18 @@ from lars import LARS
 from loss import LOSSES, SPECS
 from models import build_encoder, load_checkpoint, load_state_dict_strict, save_checkpoint
 from simclr import Precision, fit
-from utils import atomic_path, derive_seed
+from utils import atomic_path, derive_seed, steal_run_dir
 
 # the losses that compare one view's output with the victim's answer and need no labels
 STEAL_LOSSES = tuple(name for name, spec in SPECS.items() if spec.views == 1 and not spec.labels)
 # the query sets of the paper's ImageNet experiments (any other dataset of the project works too)
 PAPER_QUERY_SETS = ("imagenet", "cifar10", "cifar100", "svhn", "stl10")
+
+
+def default_run_dir(losstype: str, num_queries: int, datasetsteal: str, seed: int) -> Path:
+    """stealsimsiam.py's default ``--logdir`` (linsimsiam.py finds a stolen copy there):
+    ``runs/stealsimsiam_<loss>_<queries>_<query set>_s<seed>``."""
+    return steal_run_dir(losstype, num_queries, datasetsteal, seed, kind="stealsimsiam")
 
 
 def query_pool(datasetsteal: str, *, data: Optional[str], image_size: int, useval: bool = False):

@@ -59,7 +59,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -67,14 +66,14 @@ from typing import Optional
 import torch
 
 from data_aug import DATASETS
-from distributed import Dist, add_distributed_args, launch, run_ranks
+from distributed import Dist, add_job_args, default_workers, launch, run_ranks
 from errors import UserError
-from imagenet import STEAL_LOSSES, view
+from imagenet import STEAL_LOSSES, default_run_dir, view
 from models import ARCHS, load_encoder
 from probe import (REFERENCE_LR, REFERENCE_NUM_LABELED, REFERENCE_VICTIM_LR, _random_encoder, assert_unchanged,
                    extract_features, fit_downstream, freeze, load_downstream, print_table, reference_test_batch)
-from utils import (HelpFormatter, add_common_args, append_jsonl, parse_tags, preset_for, run_cli, scale_of,
-                   seed_everything, setup_threads, steal_run_dir)
+from utils import (HelpFormatter, append_jsonl, parse_tags, preset_for, run_cli, scale_of,
+                   seed_everything, setup_threads)
 
 DATASET_ALIASES = {"fmnist": "fashionmnist"}  # the reference's name
 PROBE_CHOICES = ("auto", "sgd", "lbfgs", "reference")
@@ -176,13 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no effect: the reference only validated a resumed probe with it; every run here tests")
     g.add_argument("--epochstrain", type=int, default=200, help="no effect: the reference never read it")
     g.add_argument("--epochssteal", type=int, default=100, help="no effect: the reference never read it")
-    add_distributed_args(p)
-    add_common_args(p)
-    p.set_defaults(workers=None)
-    for action in p._actions:
-        if action.dest == "workers":
-            action.help = ("DataLoader workers per process for image folders (default: min(8, cores / processes "
-                           "on this machine)); in-memory datasets need none")
+    add_job_args(p)
     return p
 
 
@@ -191,8 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_stolen_path(config: dict) -> Path:
     """stealsimsiam.py's default checkpoint for the reference's flags."""
-    return steal_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"],
-                         kind="stealsimsiam") / "checkpoint.pt"
+    return default_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"]) / "checkpoint.pt"
 
 
 def stolen_path(config: dict) -> Path:
@@ -344,7 +336,7 @@ def evaluate(config: dict, dist: Dist) -> list[dict]:
     seed_everything(config["seed"])
     tags = parse_tags(config["tag"])
     if config["workers"] is None:
-        config["workers"] = min(8, max(0, (os.cpu_count() or 1) // dist.local_world_size - 1))
+        config["workers"] = default_workers(dist)
     dataset = config["dataset"]
     scale = scale_of(dataset, config["scale"])
     kind = resolve_kind(config)

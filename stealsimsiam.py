@@ -34,12 +34,12 @@ import json
 from pathlib import Path
 
 from data_aug import DATASETS
-from distributed import add_distributed_args, launch, quiet_logger, run_ranks
+from distributed import add_job_args, default_workers, launch, quiet_logger, run_ranks
 from errors import UserError
-from imagenet import STEAL_LOSSES, steal
+from imagenet import STEAL_LOSSES, default_run_dir, steal
 from models import STEMS, load_checkpoint
-from utils import (HelpFormatter, add_common_args, atomic_write_text, get_logger, prepare_run_dir, run_cli,
-                   seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
+from utils import (HelpFormatter, atomic_write_text, get_logger, prepare_run_dir, run_cli,
+                   seed_everything, setup_threads, str2bool, write_config)
 from victim import build_service, load_victim
 
 # flags a resumed run must share with the run it continues
@@ -121,13 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-e", "--evaluate", action="store_true", help="no effect: the reference never read it")
     g.add_argument("--epochstrain", type=int, default=200, help="no effect: the reference never read it")
     g.add_argument("--epochssteal", type=int, default=100, help="no effect: the reference never read it")
-    add_distributed_args(p)
-    add_common_args(p)
-    p.set_defaults(workers=None)
-    for action in p._actions:
-        if action.dest == "workers":
-            action.help = ("DataLoader workers per process for image folders (default: min(8, cores / processes "
-                           "on this machine)); in-memory datasets need none")
+    add_job_args(p)
     return p
 
 
@@ -136,8 +130,7 @@ def _run_dir(config: dict) -> Path:
         return Path(config["resume"]).parent
     if config["logdir"]:
         return Path(config["logdir"])
-    return steal_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"],
-                         kind="stealsimsiam")
+    return default_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"])
 
 
 def _resume_state(config: dict, run_dir: Path):
@@ -160,8 +153,6 @@ def _resume_state(config: dict, run_dir: Path):
 
 def run(config: dict, dist) -> dict:
     """One process's part of the job (every rank runs it)."""
-    import os
-
     setup_threads()
     seed_everything(config["seed"])
     if not config["pretrained"]:
@@ -174,7 +165,7 @@ def run(config: dict, dist) -> dict:
         if config.get(key) is None:
             config[key] = value
     if config["workers"] is None:
-        config["workers"] = min(8, max(0, (os.cpu_count() or 1) // dist.local_world_size - 1))
+        config["workers"] = default_workers(dist)
     config.update(world_size_used=dist.world_size, device=str(dist.device), victim_checkpoint=str(victim.path))
     run_dir = _run_dir(config)
     config["logdir"] = str(run_dir)
