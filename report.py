@@ -36,7 +36,8 @@ IMAGENET_TABLES = ("table3", "table8")
 IMAGENET_NOTE = {
     "cpu": "ImageNet path (`stealsimsiam.py`, probe `linsimsiam.py`) on its CPU stand-in: the mnistm5k victim "
            "re-exported in SimSiam's checkpoint format (so it normalises with ImageNet's statistics), an ImageFolder "
-           "of mnistm5k (`imagenet` = its train split, `imagenetval` = its test split) and `patches` in place of "
+           "of mnistm5k (`imagenet` = its train split, `imagenetval` = its test split without the 1,000 images the probe "
+           "tests on) and `patches` in place of "
            "CIFAR10 queries; rows are `<loss>_<queries>_<query set>`.",
     "paper": "ImageNet path: `stealsimsiam.py` against the published SimSiam ResNet50, probed by `linsimsiam.py`; rows "
              "are `<loss>_<queries>_<query set>`.",
