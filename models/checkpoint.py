@@ -192,6 +192,7 @@ def load_encoder(path: os.PathLike | str, *, arch: Optional[str] = None, stem: O
 
     if is_simsiam(ckpt):
         return _load_simsiam(path, ckpt, arch=arch, stem=stem, width=width)
+    _refuse_headless_simsiam(path, ckpt)
     return _load_foreign(path, ckpt, arch=arch, stem=stem, width=width, with_head=with_head)
 
 
@@ -205,6 +206,18 @@ def is_simsiam(ckpt: dict) -> bool:
     sd = ckpt.get("state_dict")
     return (isinstance(sd, dict) and any(k.startswith(SIMSIAM_ENCODER) for k in sd)
             and any(k.startswith(SIMSIAM_PREDICTOR) for k in sd))
+
+
+def _refuse_headless_simsiam(path, ckpt: dict) -> None:
+    """A SimSiam-like file (a ``module.predictor.*``) whose backbone is not under ``module.encoder.``:
+    one sentence naming the prefixes it has instead."""
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, dict) or not any(str(k).startswith(SIMSIAM_PREDICTOR) for k in sd):
+        return
+    prefixes = sorted({".".join(str(k).split(".")[:2]) + "." for k in sd if not str(k).startswith(SIMSIAM_PREDICTOR)})
+    raise CheckpointError(f"{path} looks like a SimSiam checkpoint (it has {SIMSIAM_PREDICTOR}* keys) but holds no "
+                          f"backbone under {SIMSIAM_ENCODER}; its other keys start with {_short(prefixes, 6)}; save "
+                          f"the backbone as {SIMSIAM_ENCODER}<torchvision key> (e.g. {SIMSIAM_ENCODER}conv1.weight)")
 
 
 def _load_simsiam(path, ckpt: dict, *, arch, stem, width):

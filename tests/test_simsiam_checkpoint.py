@@ -62,3 +62,14 @@ def test_simsiam_checkpoint_with_missing_keys_names_every_one(tmp_path):
     with pytest.raises(CheckpointError, match="resnet34"):
         _simsiam_file(path)
         load_encoder(path, arch="resnet34")
+
+
+def test_simsiam_checkpoint_with_a_wrong_prefix_names_it(tmp_path):
+    path = tmp_path / "moco_like.pth.tar"
+    _simsiam_file(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {k.replace("module.encoder.", "module.encoder_q."): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"no backbone under module\.encoder\.; its other keys start with "
+                                              r"\[module\.encoder_q\.\]"):
+        load_encoder(path)
