@@ -6,7 +6,9 @@
 
 Tables: table1 (attack methods), table2 (losses), table5 (losses, another victim dataset),
 table7 (number of queries, out-of-distribution queries; Tables 6-7), table9 (number of
-queries from the victim's own training data, SoftNN), efficiency (number of queries from
+queries from the victim's own training data, SoftNN), table3 and table8 (the ImageNet path:
+stealsimsiam.py and linsimsiam.py; at cpu scale on an ImageFolder of mnistm5k with the
+mnistm5k victim re-exported in SimSiam's format), efficiency (number of queries from
 the victim's own distribution for MSE, InfoNCE and SoftNN: the query-efficiency figure).
 ``--scale cpu`` keeps each table's structure on the offline benchmark: the mnistm5k victim
 stands for CIFAR10 (mnist5k for SVHN in table5), ``patches`` for the out-of-distribution
