@@ -72,7 +72,7 @@ from imagenet import STEAL_LOSSES, default_run_dir, view
 from models import ARCHS, load_encoder
 from probe import (REFERENCE_LR, REFERENCE_NUM_LABELED, REFERENCE_VICTIM_LR, _random_encoder, assert_unchanged,
                    extract_features, fit_downstream, freeze, load_downstream, print_table, reference_test_batch)
-from utils import (HelpFormatter, append_jsonl, parse_tags, preset_for, run_cli, scale_of,
+from utils import (HelpFormatter, add_reference_args, append_jsonl, parse_tags, preset_for, run_cli, scale_of,
                    seed_everything, setup_threads)
 
 DATASET_ALIASES = {"fmnist": "fashionmnist"}  # the reference's name
@@ -165,16 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="extra field stored in each record (repeatable), e.g. --tag table=table3")
 
-    g = p.add_argument_group("reference flags with no effect here (accepted so that the reference's command lines "
-                             "run)")
+    g = add_reference_args(p, "epochstrain_unused", "epochssteal")
     g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
                    help="no effect: the probe trains in one go on fixed features; there is no epoch to restart from")
     g.add_argument("--resume", default="",
                    help="no effect: the probe trains in one go on fixed features; there is nothing to resume")
     g.add_argument("-e", "--evaluate", action="store_true",
                    help="no effect: the reference only validated a resumed probe with it; every run here tests")
-    g.add_argument("--epochstrain", type=int, default=200, help="no effect: the reference never read it")
-    g.add_argument("--epochssteal", type=int, default=100, help="no effect: the reference never read it")
     add_job_args(p)
     return p
 

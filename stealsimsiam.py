@@ -38,7 +38,7 @@ from distributed import add_job_args, default_workers, launch, quiet_logger, run
 from errors import UserError
 from imagenet import STEAL_LOSSES, default_run_dir, steal
 from models import STEMS, load_checkpoint
-from utils import (HelpFormatter, atomic_write_text, get_logger, prepare_run_dir, run_cli,
+from utils import (HelpFormatter, add_reference_args, atomic_write_text, get_logger, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, str2bool, write_config)
 from victim import build_service, load_victim
 
@@ -112,15 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="start over in a run directory that already holds a run")
 
-    g = p.add_argument_group("reference flags with no effect here (accepted so that the reference's command lines "
-                             "run)")
+    g = add_reference_args(p, "epochstrain_unused", "epochssteal")
     g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
                    help="no effect: a resumed run continues from its checkpoint's epoch")
     g.add_argument("--dataset", default="cifar10",
                    help="no effect: the reference only read it in its --useval check")
     g.add_argument("-e", "--evaluate", action="store_true", help="no effect: the reference never read it")
-    g.add_argument("--epochstrain", type=int, default=200, help="no effect: the reference never read it")
-    g.add_argument("--epochssteal", type=int, default=100, help="no effect: the reference never read it")
     add_job_args(p)
     return p
 

@@ -214,11 +214,16 @@ REFERENCE_ONLY: dict[str, tuple[tuple[str, ...], dict, str]] = {
                   "the reference parses it and never reads it"),
     "sigma_unused": (("--sigma",), {"dest": "sigma_unused", "type": float, "default": 0.5},
                      "the reference parses it and never reads it"),
+    "epochstrain_unused": (("--epochstrain",), {"dest": "epochstrain", "type": int, "default": 200},
+                           "the reference's ImageNet scripts parse it and never read it"),
+    "epochssteal": (("--epochssteal",), {"type": int, "default": 100},
+                    "the reference's ImageNet scripts parse it and never read it"),
 }
 
 
-def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> None:
-    """Add the reference's no-effect flags named by ``dests`` (keys of ``REFERENCE_ONLY``)."""
+def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> argparse._ArgumentGroup:
+    """Add the reference's no-effect flags named by ``dests`` (keys of ``REFERENCE_ONLY``); returns their
+    group, where a script adds the no-effect flags whose reason is its own."""
     group = parser.add_argument_group("reference flags with no effect here (accepted so that the reference's "
                                       "command lines run)")
     for dest in dests:
@@ -226,6 +231,7 @@ def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> None:
         kwargs = dict(kwargs)
         kwargs.setdefault("dest", dest)
         group.add_argument(*options, help=f"no effect: {why}", **kwargs)
+    return group
 
 
 def defaults_epilog(presets: dict[str, dict[str, dict]], extra: Iterable[str] = ()) -> str:
