@@ -4,9 +4,10 @@ A :class:`VictimService` is what the owner of an encoder runs. It holds
 
 * a **backend**: the model in this process. :class:`EncoderBackend` computes, for a batch of
   images, the representation ``h(x)`` and, when the victim has one, its projection head's
-  output ``g(h(x))``; :class:`ClassifierBackend` computes a classifier's logits and labels;
+  output ``g(h(x))``; :class:`ClassifierBackend` computes a classifier's logits, probabilities,
+  top-5 probabilities and labels;
 * which of those outputs it **answers** (``representation``, ``head``, ``logits``,
-  ``labels``): the others stay inside, e.g. for a detector that watches head outputs while
+  ``probabilities``, ``top5``, ``labels``): the others stay inside, e.g. for a detector that watches head outputs while
   the API answers representations;
 * an ordered chain of **defenses** (``defenses.DEFENSES``): each may refuse a batch until a
   proof of work is shown (``admit``) and may change the answers (``apply``), and sees the
@@ -77,17 +78,35 @@ class EncoderBackend:
 
 
 class ClassifierBackend:
-    """A classifier in this process: ``logits``, and ``labels`` as one-hot rows of the argmax."""
+    """A classifier in this process, answering one of four outputs of its ``num_classes`` logits.
+
+    What each answer gives the attacker per query, from least to most:
+
+    * ``labels``: one-hot rows of the argmax; one class per query and no confidence, so the
+      attacker can only train with cross-entropy on hard labels;
+    * ``top5``: the softmax probabilities of the 5 most likely classes (all of them when there
+      are 5 or fewer), every other class 0; partial scores: the ranking and confidence of the
+      top classes, nothing about the rest;
+    * ``probabilities``: the full softmax; every class's score (the logits up to a constant);
+    * ``logits``: everything the classifier computes, including the scale the softmax hides.
+    """
+
+    TOPK = 5
 
     def __init__(self, classifier: nn.Module, num_classes: int, *, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.classifier = classifier.to(self.device).eval().requires_grad_(False)
-        self.out_dims = {"logits": num_classes, "labels": num_classes}
+        self.out_dims = {name: num_classes for name in ("logits", "labels", "probabilities", f"top{self.TOPK}")}
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.classifier(images.to(self.device)).float()
-        return {"logits": logits, "labels": F.one_hot(logits.argmax(1), logits.shape[1]).float()}
+        probabilities = logits.softmax(1)
+        k = min(self.TOPK, logits.shape[1])
+        kept = probabilities.topk(k, dim=1).indices
+        top = torch.zeros_like(probabilities).scatter_(1, kept, probabilities.gather(1, kept))
+        return {"logits": logits, "labels": F.one_hot(logits.argmax(1), logits.shape[1]).float(),
+                "probabilities": probabilities, f"top{self.TOPK}": top}
 
 
 @dataclass
