@@ -50,8 +50,6 @@ from utils import atomic_path, derive_seed, steal_run_dir
 
 # the losses that compare one view's output with the victim's answer and need no labels
 STEAL_LOSSES = tuple(name for name, spec in SPECS.items() if spec.views == 1 and not spec.labels)
-# the query sets of the paper's ImageNet experiments (any other dataset of the project works too)
-PAPER_QUERY_SETS = ("imagenet", "cifar10", "cifar100", "svhn", "stl10")
 
 
 def default_run_dir(losstype: str, num_queries: int, datasetsteal: str, seed: int) -> Path:
