@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attack import SimSiamStealer
 from data_aug import NViews, to_float
 from loss import symmetrized
 from models import build_mlp
@@ -129,19 +130,14 @@ def moco_step(model: MoCo, augment: Callable, queue: MoCoQueue, *, momentum: flo
 # ----------------------------------------------------------------------------- SimSiam
 
 
-class SimSiam(nn.Module):
-    """Encoder, projector (BN after every layer, the last one affine-free) and a bottleneck predictor."""
-
-    def __init__(self, encoder: nn.Module, dim: Optional[int] = None, bottleneck: int = 4):
-        super().__init__()
-        d = encoder.out_dim
-        dim = dim or d
-        self.encoder = encoder
-        self.projector = build_mlp([d, d, dim], batchnorm=True, last_bn=True, last_bn_affine=False)
-        self.predictor = build_mlp([dim, max(dim // bottleneck, 1), dim], batchnorm=True)
+def simsiam_model(encoder: nn.Module) -> SimSiamStealer:
+    """SimSiam's encoder, projector (BN after every layer, the last one affine-free) and bottleneck
+    predictor (d -> d/4 -> d): the model the attacker already uses to steal with ``symmetrized``
+    (``attack.SimSiamStealer`` with its small heads)."""
+    return SimSiamStealer(encoder, encoder.out_dim, "small")
 
 
-def simsiam_step(model: SimSiam, augment: Callable):
+def simsiam_step(model: SimSiamStealer, augment: Callable):
     """One SimSiam step: ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2`` on two views."""
     views_of = NViews(augment, 2)
 
@@ -222,7 +218,7 @@ def build_pretrainer(name: str, encoder: nn.Module, augment: Callable, *, device
         return Pretrainer(name, model, moco_step(model, augment, queue, momentum=moco_momentum,
                                                  temperature=temperature), lambda: {"moco_queue": queue.state_dict()})
     if name == "simsiam":
-        model = SimSiam(encoder).to(device)
+        model = simsiam_model(encoder).to(device)
         return Pretrainer(name, model, simsiam_step(model, augment), dict)
     if name == "rotation":
         model = RotationNet(encoder).to(device)

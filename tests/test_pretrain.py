@@ -9,8 +9,8 @@ from torch import nn
 
 from data_aug import SimCLRAugment, get_dataset
 from models import build_encoder
-from pretrain import (MoCo, MoCoQueue, PRETRAIN, SimSiam, build_pretrainer, momentum_update, moco_loss,
-                      rotations, simsiam_step)
+from pretrain import (MoCo, MoCoQueue, PRETRAIN, build_pretrainer, momentum_update, moco_loss,
+                      rotations, simsiam_model, simsiam_step)
 from simclr import Precision, epoch_batches, fit
 from utils import get_logger
 
@@ -88,7 +88,7 @@ def test_moco_step_trains_the_query_encoder_only_and_fills_the_queue():
 def test_simsiam_targets_get_no_gradient():
     """The projector outputs z get gradient only through the predictor (p = h(z)), never as targets."""
     torch.manual_seed(0)
-    model = SimSiam(build_encoder("resnet18", width=4))
+    model = simsiam_model(build_encoder("resnet18", width=4))
     seen = {}
 
     def keep(module, inputs, out):
