@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe import fidelity
+
 DISTILL_KINDS = ("probabilities", "top5", "logits", "labels")
 
 
@@ -101,11 +103,6 @@ def distill_optimizer(model: Distiller, *, lr_head: float, lr_encoder: float,
     return torch.optim.Adam(groups, lr=lr_head, weight_decay=weight_decay)
 
 
-def agreement(logits: torch.Tensor, answers: torch.Tensor) -> float:
-    """Percent of rows where the student's argmax equals the victim's."""
-    return 100.0 * (logits.argmax(1) == answers.argmax(1)).float().mean().item()
-
-
 def distill_step(model: nn.Module, client, images_fn: Callable[[torch.Tensor], torch.Tensor], kind: str,
                  temperature: float = 1.0,
                  augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None):
@@ -127,7 +124,7 @@ def distill_step(model: nn.Module, client, images_fn: Callable[[torch.Tensor], t
             x = augment(x, generator)
         logits = model(x)
         loss = distillation_loss(logits, answers, kind, temperature)
-        return loss, {"agreement": agreement(logits.detach(), answers)}, x.shape[0]
+        return loss, {"agreement": fidelity(logits.detach(), answers)}, x.shape[0]
 
     return step
 
@@ -153,4 +150,4 @@ def fidelity_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.
     top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
     return {"top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
             "top5": 100.0 * top5,
-            "agreement": agreement(logits, victim_answers)}
+            "agreement": fidelity(logits, victim_answers)}
