@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe import fidelity
+from utils import accuracy
 
 DISTILL_KINDS = ("probabilities", "top5", "logits", "labels")
 
@@ -145,9 +146,5 @@ def fidelity_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.
                             for i in range(0, images.shape[0], batch_size)])
     finally:
         model.train(was_training)
-    labels, victim_answers = labels.cpu(), victim_answers.cpu()
-    k = min(5, logits.shape[1])
-    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
-    return {"top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
-            "top5": 100.0 * top5,
-            "agreement": fidelity(logits, victim_answers)}
+    top1, top5 = accuracy(logits, labels.cpu(), topk=(1, 5))  # k capped at the number of classes
+    return {"top1": top1, "top5": top5, "agreement": fidelity(logits, victim_answers.cpu())}
