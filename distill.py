@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loss import softce
 from probe import fidelity
 from utils import accuracy
 
@@ -52,10 +53,9 @@ def distillation_loss(logits: torch.Tensor, answers: torch.Tensor, kind: str,
     logits, answers = logits.float(), answers.float()
     if kind == "labels":
         return F.cross_entropy(logits, answers.argmax(1))
-    if kind == "logits":
-        target = (answers / temperature).softmax(1)
-    else:
-        target = answers / answers.sum(1, keepdim=True).clamp_min(1e-12)
+    if kind == "logits":  # loss.softce: the target is softmax(answers / T)
+        return softce(logits / temperature, answers, temperature=temperature)
+    target = answers / answers.sum(1, keepdim=True).clamp_min(1e-12)
     return -(target * (logits / temperature).log_softmax(1)).sum(1).mean()
 
 
@@ -148,3 +148,163 @@ def fidelity_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.
         model.train(was_training)
     top1, top5 = accuracy(logits, labels.cpu(), topk=(1, 5))  # k capped at the number of classes
     return {"top1": top1, "top5": top5, "agreement": fidelity(logits, victim_answers.cpu())}
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def distill_epochs(num_queries: int, pool_size: int, *, pool_epochs: int = 20, cap: int = 1000) -> int:
+    """Epochs scaled with the query fraction: as many image-steps as ``pool_epochs`` passes over the
+    whole pool, at least ``pool_epochs`` and at most ``cap`` epochs.
+
+    With the defaults this is the study's schedule without pre-training: 20 epochs at 100% of the
+    pool, 200 at 10%, 1,000 (capped from 2,000) at 1%.
+    """
+    if num_queries < 1 or pool_size < num_queries:
+        raise ValueError(f"need 1 <= queries <= pool size, got {num_queries} queries of {pool_size}")
+    if pool_epochs < 1 or cap < pool_epochs:
+        raise ValueError(f"need 1 <= pool_epochs <= cap, got {pool_epochs} and {cap}")
+    return int(min(cap, max(pool_epochs, round(pool_epochs * pool_size / num_queries))))
+
+
+def even_batches(n: int, batch_size: int):
+    """``batches(epoch, generator)`` over indices ``0..n-1``, shuffled, in ``ceil(n / batch_size)``
+    batches of near-equal size (no image is dropped, so epoch 1 buys every answer), and that count."""
+    steps = max(1, math.ceil(n / batch_size))
+
+    def batches(epoch: int, generator: torch.Generator):
+        yield from torch.tensor_split(torch.randperm(n, generator=generator), steps)
+
+    return batches, steps
+
+
+def image_source(images, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images_fn(idx)``: float images ``idx`` of an image set on ``device``; an in-memory set is
+    moved to the device once, an image folder (ImageNet) is decoded per batch."""
+    from data_aug import ImageSet, to_float
+
+    if isinstance(images, ImageSet):
+        x = to_float(images.images).to(device)
+        return lambda idx: x[idx.to(device)]
+    return lambda idx: to_float(torch.stack([images.load(int(i))[0] for i in idx])).to(device)
+
+
+def query_indices(pool_size: int, num_queries: int, seed: int) -> torch.Tensor:
+    """Which ``num_queries`` images of the pool the attacker pays for: a random subset drawn from
+    ``seed`` (sorted), so a fraction of the pool is a sample of it rather than its first images."""
+    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))
+    return order[:num_queries].sort().values
+
+
+
+def run(config: dict, *, logger=None) -> dict:
+    """The whole study cell from ``sslextract.py``'s resolved flags: the owner's classifier behind a
+    :class:`victim.VictimService`, the attacker's pre-trained (or fresh) encoder, distillation on
+    ``query_fraction`` of the pool through a budgeted :class:`client.QueryClient`, and the metrics
+    on the held-out images. Returns the result record (also written to ``results.json``)."""
+    import json
+
+    from client import QueryClient
+    from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
+    from extraction import victim_classifier
+    from models import build_encoder, load_encoder, save_checkpoint
+    from pretrain import pretrain_run
+    from simclr import Precision, fit
+    from utils import (UserError, atomic_write_text, get_logger, pick_device, prepare_run_dir, seed_everything,
+                       setup_threads, write_config)
+    from victim import ClassifierBackend, VictimService, check_victim_type, load_victim
+
+    device = pick_device(config["device"], config["gpu_index"])
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"],
+                         victimtype=config["victimtype"])
+    check_victim_type(loaded, config["victimtype"])
+    task, size = loaded.dataset, loaded.image_size
+    if config.get("image_size") not in (None, size):
+        raise UserError(f"--image-size {config['image_size']} differs from the victim's input size {size}; "
+                        f"drop --image-size (the attacker queries at the victim's size)")
+    info = dataset_info(task)
+    if not info.num_classes:
+        raise UserError(f"{task} has no labels, so its victim has no classifier to extract; use a labelled dataset")
+    config.update(victim_checkpoint=str(loaded.path), dataset=task, image_size=size)
+    train = get_dataset(task, info.train_split, root=config["data"], image_size=size)
+    evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
+                               config["holdout"])[1]
+    pool_name = config["datasetsteal"] or task
+    pinfo = dataset_info(pool_name)
+    pool = train if pool_name == task else get_dataset(pool_name, pinfo.query_split, root=config["data"],
+                                                       image_size=size)
+    n = query_fraction(len(pool), config["query_fraction"])
+    epochs = config["epochs"] or distill_epochs(n, len(pool), pool_epochs=config["pool_epochs"],
+                                                cap=config["max_epochs"])
+    config.update(num_queries=n, epochs=epochs)
+    run_dir = prepare_run_dir(config["logdir"])
+    if (run_dir / "results.json").exists() and not config["clear"]:
+        raise UserError(f"{run_dir} already holds results; pass --clear or another --logdir")
+    write_config(run_dir, config)
+    logger = logger or get_logger(run_dir)
+
+    # the owner: its classifier, answering config["victim_output"] with exact accounting
+    victim_clf, described = victim_classifier(loaded, config["victimtype"], train, num_classes=info.num_classes,
+                                              seed=config["seed"], device=device)
+    x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels
+    with torch.no_grad():
+        victim_logits = torch.cat([victim_clf(x_eval[i:i + 512]).float().cpu() for i in range(0, len(x_eval), 512)])
+    victim_top1, victim_top5 = accuracy(victim_logits, y_eval, topk=(1, 5))
+    logger.info(f"victim classifier ({described}, {task}): top-1 {victim_top1:.2f}% top-5 {victim_top5:.2f}% on "
+                f"{len(y_eval)} held-out images; it answers {config['victim_output']}")
+    service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
+                            answers=config["victim_output"], info={"dataset": task, "input_size": size})
+    client = QueryClient(service.connect("attacker"), budget=n, log_path=run_dir / "queries.jsonl")
+
+    # the attacker's encoder: pre-trained on the whole unlabeled pool (no queries), or fresh
+    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=pinfo.mean,
+                            std=pinfo.std)
+    if config["pretrain"] != "none":
+        path = pretrain_run(config, encoder, pool, ckpt_path=config["pretrained"], device=device, logger=logger)
+        encoder, _, ckpt = load_encoder(path, arch=config["arch"], width=config["width"], stem=config["stem"])
+        if ckpt.get("kind") != "pretrained" or ckpt.get("method") != config["pretrain"]:
+            raise UserError(f"{path} is not a {config['pretrain']} pre-training checkpoint (it holds "
+                            f"{ckpt.get('kind', 'unknown')} {ckpt.get('method', '')}); pass the right --pretrained")
+        if ckpt.get("epoch") != (ckpt.get("config") or {}).get("pretrain_epochs"):
+            raise UserError(f"{path} stopped at epoch {ckpt.get('epoch')}; finish it first "
+                            f"(sslextract.py --pretrain {config['pretrain']} --pretrain-only)")
+    model = Distiller(encoder, info.num_classes).to(device)
+    optimizer = distill_optimizer(model, lr_head=config["lr_head"], lr_encoder=config["lr_encoder"],
+                                  weight_decay=config["weight_decay"])
+
+    queried = pool.subset(query_indices(len(pool), n, config["seed"]).tolist())
+    images_fn = image_source(queried, device)
+    augment = None
+    if config["distill_crop_min_scale"] < 1.0:
+        augment = SimCLRAugment(size, crop_scale=(config["distill_crop_min_scale"], 1.0), flip_p=config["hflip_p"],
+                                jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    step = distill_step(model, client, images_fn, config["victim_output"],
+                        config["distill_temperature"], augment=augment)
+    batches, steps = even_batches(n, config["batch_size"])
+    logger.info(f"distillation: {config['pretrain']} encoder + linear head on {n} queries "
+                f"({100 * config['query_fraction']:g}% of {len(pool)} {pool_name} images), {epochs} epochs, "
+                f"lr head {config['lr_head']:g} encoder {config['lr_encoder']:g}")
+
+    every = max(1, epochs // 20)  # the short runs of many epochs (1% of the pool) keep ~20 checkpoints
+
+    def save(state: dict) -> None:
+        client.end_epoch(state["epoch"])
+        if state["epoch"] % every and state["epoch"] != epochs:
+            return
+        save_checkpoint(run_dir / "checkpoint.pt", encoder=model.encoder, head=model.head,
+                        head_kwargs={"dims": [encoder.out_dim, info.num_classes]}, kind="stolen-classifier",
+                        dataset=task, config=config, queries_used=client.queries_used, **state)
+
+    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[model], optimizer=optimizer, epochs=epochs,
+        base_lr=config["lr_head"], seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir,
+        logger=logger, desc=f"distill {config['pretrain']}", tensorboard=False)
+    metrics = fidelity_and_accuracy(model, x_eval, y_eval, victim_logits)
+    record = {"pretrain": config["pretrain"], "query_fraction": config["query_fraction"], "queries": client.queries_used,
+              "pool": len(pool), "victim_output": config["victim_output"], "epochs": epochs,
+              "metrics": metrics, "victim": {"top1": victim_top1, "top5": victim_top5}, "n_test": len(y_eval),
+              "seed": config["seed"], "run_dir": str(run_dir)}
+    atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
+    return record

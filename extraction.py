@@ -20,7 +20,7 @@ from torch import nn
 
 from data_aug import DATASETS, dataset_info, get_dataset, split_holdout, to_float
 from probe import extract_features, train_probe
-from loss import softce
+from distill import distillation_loss
 from models import EncoderWithHead, build_encoder, build_mlp, save_checkpoint
 from simclr import Precision, fit
 from attack import image_batches, query_pool, query_set
@@ -125,7 +125,10 @@ def build_parser(mode: str, output: str, doc: str, *, victimtype: str = "simclr"
                    help="query dataset (default: the downstream dataset's test split without its holdout)")
     p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
     p.add_argument("--num_queries", type=int, default=500, help="query budget (one query per image)")
-    p.add_argument("--modeloutput", default=output, choices=["labels", "logits"], help="what the victim answers")
+    p.add_argument("--modeloutput", default=output, choices=["labels", "logits", "probabilities", "top5"],
+                   help="what the victim answers: the predicted label, the logits, the softmax probabilities, or "
+                        "the 5 largest probabilities (the rest 0); see victim.ClassifierBackend for what each "
+                        "costs the attacker")
     p.add_argument("--mode", default=mode, choices=["standard", "knockoff"],
                    help="standard: CE on labels with Adam (SGD against a supervised victim, as the reference); "
                         "knockoff: soft CE on probabilities with SGD")
@@ -214,10 +217,9 @@ def run(config: dict) -> dict:
     x_q = to_float(images.images).to(device)
     answers = api.query(x_q, keys=list(range(len(x_q))))  # the attacker buys every answer once
     api.end_epoch(0)
-    if config["modeloutput"] == "logits" and config["mode"] == "knockoff":
-        targets = answers  # soft CE against softmax(answers)
-    else:
-        targets = answers.argmax(1)
+    # knockoff: soft CE on the scores (distill.distillation_loss; CE when only labels come back);
+    # standard: CE on the answered label, whatever the victim returns
+    kind = config["modeloutput"] if config["mode"] == "knockoff" else "labels"
 
     arch, width = config["archstolen"] or venc.arch, config["widthstolen"] or venc.width
     config.update(archstolen=arch, widthstolen=width)
@@ -230,8 +232,7 @@ def run(config: dict) -> dict:
     def step(idx: torch.Tensor, generator: torch.Generator):
         idx = idx.to(device)
         out = stolen(x_q[idx])
-        t = targets[idx]
-        loss = softce(out, t) if t.dim() == 2 else F.cross_entropy(out, t)
+        loss = distillation_loss(out, answers[idx], kind)
         return loss, {}, len(idx)
 
     def save(state: dict) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -198,11 +199,13 @@ def rotation_step(model: RotationNet, augment: Optional[Callable] = None):
 @dataclass
 class Pretrainer:
     """What ``simclr.fit`` needs for one method: the modules to train (put on the device and in train
-    mode) and the step; ``state`` returns extra things a checkpoint keeps (the MoCo queue)."""
+    mode) and the step; ``state()`` returns what a checkpoint keeps beyond the modules (the MoCo
+    queue) and ``load(state)`` puts it back."""
     name: str
     model: Optional[nn.Module]
     step: Optional[Callable]
     state: Callable[[], dict]
+    load: Callable[[dict], None] = lambda state: None
 
 
 PRETRAIN = ("moco", "simsiam", "rotation", "none")
@@ -216,7 +219,9 @@ def build_pretrainer(name: str, encoder: nn.Module, augment: Callable, *, device
         model = MoCo(encoder, dim=moco_dim).to(device)
         queue = MoCoQueue(moco_dim, moco_queue, generator=torch.Generator().manual_seed(seed), device=device)
         return Pretrainer(name, model, moco_step(model, augment, queue, momentum=moco_momentum,
-                                                 temperature=temperature), lambda: {"moco_queue": queue.state_dict()})
+                                                 temperature=temperature),
+                          lambda: {"moco_queue": queue.state_dict()},
+                          lambda state: queue.load_state_dict(state["moco_queue"]))
     if name == "simsiam":
         model = simsiam_model(encoder).to(device)
         return Pretrainer(name, model, simsiam_step(model, augment), dict)
@@ -226,3 +231,83 @@ def build_pretrainer(name: str, encoder: nn.Module, augment: Callable, *, device
     if name == "none":
         return Pretrainer(name, None, None, dict)
     raise ValueError(f"unknown pre-training method {name!r}; choose one of {', '.join(PRETRAIN)}")
+
+
+# ----------------------------------------------------------------------------- a pre-training run
+
+
+def pretrain_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    """Adam, or SGD with ``momentum``, over the parameters that train (not MoCo's key encoder)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def pretrain_run(config: dict, encoder: nn.Module, pool, *, ckpt_path, device: torch.device, logger) -> Path:
+    """Pre-train ``encoder`` in place with ``config["pretrain"]`` on the unlabeled ``pool`` (no query
+    is spent) and write the checkpoint ``ckpt_path`` (``kind: pretrained``; its folder is the run
+    directory, with config.yaml and metrics.jsonl) after every epoch.
+
+    A finished checkpoint with the same method and encoder is loaded and returned as is; an
+    unfinished one is resumed. ``config`` holds the ``pretrain_*`` flags of ``sslextract.py``
+    (epochs, batch size, lr, optimizer, weight decay), ``crop_min_scale``, ``hflip_p``, the
+    MoCo flags (``moco_dim``, ``moco_k``, ``moco_m``, ``moco_t``), ``seed``, ``workers``, ``amp``.
+    """
+    from data_aug import SimCLRAugment
+    from models import load_checkpoint, load_state_dict_strict, save_checkpoint
+    from models.checkpoint import encoder_kwargs
+    from simclr import Precision, epoch_batches, fit
+    from utils import UserError, write_config
+
+    method, ckpt_path = config["pretrain"], Path(ckpt_path)
+    run_dir = ckpt_path.parent
+    if method == "none":
+        raise ValueError("pre-training 'none' has nothing to train")
+    augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0),
+                            flip_p=config["hflip_p"])
+    pre = build_pretrainer(method, encoder, augment, device=device, seed=config["seed"],
+                           moco_dim=config["moco_dim"], moco_queue=config["moco_k"],
+                           moco_momentum=config["moco_m"], temperature=config["moco_t"])
+    start = None
+    if ckpt_path.exists():
+        start = load_checkpoint(ckpt_path)
+        if start.get("kind") != "pretrained" or start.get("method") != method:
+            raise UserError(f"{ckpt_path} holds a {start.get('kind', 'unknown')} checkpoint "
+                            f"({start.get('method', 'no method')}), not {method} pre-training; "
+                            f"pass another --pretrained path or remove the file")
+        if start["encoder"]["kwargs"] != encoder_kwargs(encoder):
+            raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than these "
+                            f"flags build; use the flags it was made with or another --pretrained path")
+        load_state_dict_strict(pre.model, start["pretrainer"], what=f"{method} pre-training model")
+        pre.load(start.get("extra", {}))
+        if start.get("epoch") == config["pretrain_epochs"]:
+            logger.info(f"{method} pre-training already finished: {ckpt_path}")
+            return ckpt_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keys = ("pretrain", "dataset", "arch", "width", "stem", "image_size", "crop_min_scale", "hflip_p", "seed",
+            "moco_dim", "moco_k", "moco_m", "moco_t") + tuple(k for k in config if k.startswith("pretrain_"))
+    run_config = {k: config[k] for k in keys if k in config}
+    write_config(run_dir, run_config)
+    if len(pool) < config["pretrain_batch_size"]:
+        raise UserError(f"the pool has {len(pool)} images, fewer than one pre-training batch of "
+                        f"{config['pretrain_batch_size']}; lower --pretrain-batch-size")
+    if method == "moco" and config["moco_k"] >= len(pool):
+        logger.warning(f"the MoCo queue ({config['moco_k']} keys) is not smaller than the pool ({len(pool)} "
+                       f"images): the queue then holds stale keys of the very images it must tell apart")
+    optimizer = pretrain_optimizer(pre.model, config["pretrain_optimizer"], config["pretrain_lr"],
+                                   config["pretrain_wd"])
+    precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
+    logger.info(f"{method} pre-training of {config['arch']} width {config['width']} on {len(pool)} unlabeled images, "
+                f"{config['pretrain_epochs']} epochs, {config['pretrain_optimizer']} lr {config['pretrain_lr']:g}")
+
+    def save(state: dict) -> None:
+        save_checkpoint(ckpt_path, encoder=encoder, kind="pretrained", method=method, dataset=config["dataset"],
+                        config=run_config, pretrainer=pre.model.state_dict(), extra=pre.state(), **state)
+
+    batch = config["pretrain_batch_size"]
+    fit(step=pre.step, batches=epoch_batches(pool, batch, device, workers=config["workers"]),
+        steps_per_epoch=len(pool) // batch, modules=[pre.model], optimizer=optimizer,
+        epochs=config["pretrain_epochs"], base_lr=config["pretrain_lr"], seed=config["seed"], precision=precision,
+        save=save, run_dir=run_dir, logger=logger, start=start, desc=f"pretrain {method}", tensorboard=False)
+    return ckpt_path

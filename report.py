@@ -472,14 +472,15 @@ def write_report(results_dir: Path, out: Path) -> Path:
              "| claim | verdict | evidence |", "|---|---|---|"]
     from report_defenses import NOISE_TABLES, defense_sections, noise_claims
     from report_ownership import OWNERSHIP_TABLES, ownership_claims, ownership_sections
+    from report_study import STUDY_TABLES, study_claims, study_sections
 
     for claim, verdict, evidence in (claims(data, train_sizes) + imagenet_claims(data) + noise_claims(data)
-                                     + ownership_claims(records, data)):
+                                     + ownership_claims(records, data) + study_claims(records)):
         lines.append(f"| {claim} | **{verdict}** | {evidence} |")
     order = {t: i for i, t in enumerate(("efficiency", "table1", "table2", "table3", "table5", "table7", "table8",
                                          "table9"))}
     for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
-        if table in NOISE_TABLES or table in OWNERSHIP_TABLES or table == "probes":
+        if table in NOISE_TABLES or table in OWNERSHIP_TABLES or table in STUDY_TABLES or table == "probes":
             continue
         ref = paper.get(table, {})
         columns = sorted({c for cols in rows.values() for c in cols},
@@ -536,6 +537,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
     lines += probe_lines(data)
     lines += defense_sections(records, data, paper, out.parent)
     lines += ownership_sections(records, data, paper, out.parent)
+    lines += study_sections(records, paper, out.parent)
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 

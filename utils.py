@@ -97,15 +97,18 @@ NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
                      "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused", "out_dim_unused",
-                     "watermark_hidden", "print_freq", "epochssteal", "nproc"], _POS_INT),
+                     "watermark_hidden", "print_freq", "epochssteal", "nproc", "pretrain_epochs",
+                     "pretrain_batch_size", "moco_dim", "moco_k", "pool_epochs", "max_epochs"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "start_epoch", "gpu"], _NONNEG_INT),
     **dict.fromkeys(["world_size", "rank"], Numeric(int, -1)),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
-    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused", "temperature_unused"], _POS),
+    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused", "temperature_unused",
+                     "pretrain_lr", "moco_t", "lr_head", "distill_temperature"], _POS),
     **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused",
-                     "watermark_weight"], _NONNEG),
+                     "watermark_weight", "pretrain_wd", "lr_encoder"], _NONNEG),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
-    "crop_min_scale": Numeric(float, 0, 1, low_open=True),
+    **dict.fromkeys(["crop_min_scale", "distill_crop_min_scale", "query_fraction"], Numeric(float, 0, 1, low_open=True)),
+    "moco_m": Numeric(float, 0, 1),
     "hflip_p": Numeric(float, 0, 1),
     "pow_threshold": Numeric(float, -1, 1),
     "momentum": Numeric(float, 0, 1, high_open=True),
@@ -500,6 +503,11 @@ def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: O
     victim (simclrsup.py) is ``kind="supervised"``: ``runs/supervised_<dataset>_...``."""
     preset = preset_for(dataset)
     return run_dir(kind, dataset, arch or preset["arch"], f"w{width or preset['width']}", seed=seed)
+
+
+def pretrain_run_dir(method: str, pool: str, arch: str, width: int, seed: int) -> Path:
+    """sslextract.py's pre-trained encoders: ``runs/pretrain_<method>_<pool>_<arch>_w<width>_s<seed>``."""
+    return run_dir("pretrain", method, pool, arch, f"w{width}", seed=seed)
 
 
 def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int, kind: str = "steal") -> Path:

@@ -9,7 +9,9 @@ table7 (number of queries, out-of-distribution queries; Tables 6-7), table9 (num
 queries from the victim's own training data, SoftNN), table3 and table8 (the ImageNet path:
 stealsimsiam.py and linsimsiam.py; at cpu scale on an ImageFolder of mnistm5k with the
 mnistm5k victim re-exported in SimSiam's format), efficiency (number of queries from
-the victim's own distribution for MSE, InfoNCE and SoftNN: the query-efficiency figure).
+the victim's own distribution for MSE, InfoNCE and SoftNN: the query-efficiency figure),
+sslextract (the companion study: a supervised victim classifier extracted by distillation at
+1%, 10% and 100% of the pool after none / rotation / MoCo / SimSiam pre-training; sslextract.py).
 ``--scale cpu`` keeps each table's structure on the offline benchmark: the mnistm5k victim
 stands for CIFAR10 (mnist5k for SVHN in table5), ``patches`` for the out-of-distribution
 SVHN queries, and the downstream columns are mnistm5k and mnist5k instead of CIFAR10 /
@@ -35,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import (UserError, append_jsonl, apply_numeric_rules, read_jsonl, run_cli, table_run_dir,  # noqa: E402
-                   victim_run_dir)
+from utils import (UserError, append_jsonl, apply_numeric_rules, pretrain_run_dir,  # noqa: E402
+                   preset_for, read_jsonl, run_cli, table_run_dir, victim_run_dir)
 
 # per scale: victim datasets, downstream columns, queries, and the OOD query set
 SETUP = {
@@ -57,7 +59,8 @@ SETUP = {
             "table8_queries": [100, 300, 1000, 3000],
             "imagenet_steal": ["--image-size", "28", "-b", "64", "--lr", "0.4", "--epochs", "30",
                                "--temperature", "0.1", "--useaug", "False"], "imagenet_step_budget": 30_000,
-            "imagenet_probe": ["--image-size", "28", "--eval-set", "holdout"]},
+            "imagenet_probe": ["--image-size", "28", "--eval-set", "holdout"],
+            "study_dataset": "mnistm5k", "study_fractions": [0.01, 0.1, 1.0]},
     "paper": {"victim": "cifar10", "victim5": "svhn", "columns": ["cifar10", "stl10", "svhn"], "queries": 9000,
               "victim_train_size": 50000, "ood": "svhn",
               "table7_queries": [500, 1000, 5000, 10000, 20000, 30000, 50000],
@@ -78,13 +81,16 @@ SETUP = {
               "table8_queries": [500, 1000, 5000, 10000, 20000, 30000, 40000, 50000],
               "imagenet_steal": ["-b", "512", "--lr", "0.1", "--lars", "--temperature", "0.1", "--workers", "8"],
               "imagenet_step_budget": None,
-              "imagenet_probe": ["-b", "256", "--lars", "--lr", "1.0", "--workers", "8"]},
+              "imagenet_probe": ["-b", "256", "--lars", "--lr", "1.0", "--workers", "8"],
+              "study_dataset": "imagenet", "study_fractions": [0.01, 0.1, 1.0]},
 }
 TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
 DEFENSE_TABLES = ("table10", "table11", "table12", "table13", "pow", "poison")
 OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
 OWNERSHIP_LOSSES = ("mse", "softnn", "infonce")
 IMAGENET_TABLES = ("table3", "table8")
+STUDY_TABLES = ("sslextract",)  # the companion study: classifier extraction with SSL pre-training
+STUDY_METHODS = ("none", "rotation", "moco", "simsiam")  # the study's columns, pretrain.PRETRAIN
 DISTRIBUTED_SCRIPTS = ("stealsimsiam", "linsimsiam")  # run under torchrun with --nproc > 1
 # the tests watermark.py runs for each ownership table (defenses.ownership.TESTS)
 OWNERSHIP_TESTS = {"table4": ["wsr", "retrained", "ttest"], "table16": ["wsr", "retrained", "ttest"],
@@ -428,6 +434,37 @@ def imagenet_plan(table: str, scale: str, seeds: list[int], data: str | None, re
     return steps
 
 
+def study_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
+    """The classifier-extraction study (sslextract.py): per seed a supervised victim (simclrsup.py),
+    each method's pre-trained encoder (``--pretrain-only``, no queries), then one distillation per
+    method and query fraction, each a record with row = method and column = fraction."""
+    s = SETUP[scale]
+    ds = s["study_dataset"]
+    data_flags = ["--data", data] if data else []
+    steps: list[Step] = []
+    for seed in seeds:
+        victim = str(victim_run_dir(ds, seed, kind="supervised") / "checkpoint.pt")
+        steps.append(Step("simclrsup", ["--dataset", ds, "--seed", str(seed), "--resume", "--scale", scale]
+                          + data_flags, done_when=victim))
+        common = ["--dataset", ds, "--seed", str(seed), "--scale", scale] + data_flags
+        for method in STUDY_METHODS:
+            pretrained = None
+            if method != "none":
+                arch = preset_for(ds, scale)
+                pretrained = str(pretrain_run_dir(method, ds, arch["arch"], arch["width"], seed) / "checkpoint.pt")
+                steps.append(Step("sslextract", ["--pretrain", method, "--pretrain-only", "--pretrained", pretrained]
+                                  + common, done_when=pretrained))
+            for fraction in s["study_fractions"]:
+                tags = {"table": table, "scale": scale, "row": method, "column": f"{fraction:g}", "seed": str(seed)}
+                flags = ["--pretrain", method, "--query-fraction", f"{fraction:g}"]
+                logdir = str(table_run_dir(scale, f"{ds}_supervised", seed, run_name("sslextract", flags)))
+                argv = flags + common + ["--victim-checkpoint", victim, "--logdir", logdir, "--clear",
+                                         "--results", results] + (["--pretrained", pretrained] if pretrained else [])
+                steps.append(Step("sslextract", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                                  tags=tags, needs=pretrained or victim, needs_more=(victim,)))
+    return steps
+
+
 def checkpoint_finished(path: str) -> bool:
     """A checkpoint that completed every epoch its config asked for."""
     full = ROOT / path
@@ -441,7 +478,8 @@ def checkpoint_finished(path: str) -> bool:
         return False
     if not ckpt.get("config"):  # not a training run's checkpoint (e.g. an exported SimSiam victim): it exists
         return True
-    return ckpt.get("epoch") == (ckpt.get("config") or {}).get("epochs")
+    config = ckpt.get("config") or {}
+    return ckpt.get("epoch") == config.get("epochs", config.get("pretrain_epochs"))
 
 
 def probe_done(step: Step, records: list[dict]) -> bool:
@@ -487,12 +525,13 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=TABLES + IMAGENET_TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES,
+    p.add_argument("table", choices=TABLES + IMAGENET_TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES + STUDY_TABLES,
                    help="which table (defenses: table10 noise mean 10, table11 noise mean 0, table12 detection, "
                         "table13 detection error rates = Tables 13-15, pow proof of work, poison; ownership: table4 "
                         "watermark t-test and the watermark's cost, table16 WSR by queries and loss, table17 WSR by "
                         "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public; "
-                        "ImageNet: table3 losses and query sets, table8 number of CIFAR10 queries)")
+                        "ImageNet: table3 losses and query sets, table8 number of CIFAR10 queries; sslextract: the "
+                        "companion study, classifier extraction with SSL pre-training by query fraction)")
     p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
@@ -515,6 +554,8 @@ def main(argv=None) -> list[Step]:
     seeds = args.seeds if args.seeds is not None else SETUP[args.scale]["seeds"]
     if args.table in IMAGENET_TABLES:
         steps = imagenet_plan(args.table, args.scale, seeds, args.data, results, args.pretrained)
+    elif args.table in STUDY_TABLES:
+        steps = study_plan(args.table, args.scale, seeds, args.data, results)
     else:
         make = (defense_plan if args.table in DEFENSE_TABLES else ownership_plan if args.table in OWNERSHIP_TABLES
                 else plan)

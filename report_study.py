@@ -1,0 +1,139 @@
+"""The companion study's part of results/REPORT.md: classifier extraction with self-supervised pre-training.
+
+Reads the records ``sslextract.py`` appends under ``scripts/tables.py sslextract`` (row = the
+pre-training method, column = the query fraction, one record per seed) and writes the table of
+top-1 / top-5 / agreement beside the study's numbers, a plot of top-1 against the fraction, and
+the claims: each self-supervised pre-training against none at the 1% fraction (the study's main
+claim, MoCo lifting 8.2% to 39.4%), and the gap at 100%. Differences are paired by seed (every
+method of a seed steals the same victim).
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from report import FAILS, HOLDS, INCONCLUSIVE, Estimate, _save_plot, estimate
+
+STUDY_TABLES = ("sslextract",)
+METHODS = ("none", "rotation", "moco", "simsiam")
+NAMES = {"none": "none (supervised baseline)", "rotation": "rotation", "moco": "MoCo v2", "simsiam": "SimSiam"}
+
+
+def study_records(records: list[dict]) -> dict:
+    """{scale: {method: {fraction: {seed: record}}}}, the last record of a cell and seed winning."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for r in records:
+        if r.get("table") in STUDY_TABLES and "metrics" in r and "query_fraction" in r:
+            out[r.get("scale", "?")][r["row"]][float(r["query_fraction"])][str(r.get("seed"))] = r
+    return out
+
+
+def _est(seeds: dict, key: str) -> Estimate | None:
+    return estimate([r["metrics"][key] for r in seeds.values()])
+
+
+def _mean_sd(e: Estimate | None) -> str:
+    """``mean ± std (n)``: the issue's form, beside the report's 95% intervals."""
+    if e is None:
+        return "-"
+    return f"{e.mean:.1f} ± {statistics.stdev(e.values):.1f}" if e.n > 1 else f"{e.mean:.1f}"
+
+
+def paired_gap(cells: dict, a: str, b: str, fraction: float) -> Estimate | None:
+    """top-1 of method ``a`` minus method ``b`` at ``fraction``, paired by seed."""
+    x, y = cells.get(a, {}).get(fraction, {}), cells.get(b, {}).get(fraction, {})
+    seeds = sorted(set(x) & set(y))
+    return estimate([x[s]["metrics"]["top1"] - y[s]["metrics"]["top1"] for s in seeds])
+
+
+def _verdict(gap: Estimate | None) -> str:
+    if gap is None or gap.n < 2:
+        return INCONCLUSIVE
+    return HOLDS if gap.low > 0 else FAILS if gap.high < 0 else INCONCLUSIVE
+
+
+def study_claims(records: list[dict], scale: str = "cpu") -> list[tuple[str, str, str]]:
+    cells = study_records(records).get(scale)
+    if not cells or "none" not in cells:
+        return []
+    out = []
+    low = min(f for m in cells.values() for f in m)
+    base = _est(cells["none"].get(low, {}), "top1")
+    for method, headline in (("moco", " (the study's main claim: 8.2% → 39.4% on ImageNet)"),
+                             ("rotation", " (the study: 8.2% → 17.1%)"), ("simsiam", " (the study: 8.2% → 16.8%)")):
+        if method not in cells or low not in cells[method]:
+            continue
+        gap = paired_gap(cells, method, "none", low)
+        out.append((f"Classifier extraction: {NAMES[method]} pre-training beats no pre-training at the "
+                    f"{100 * low:g}% query fraction{headline}", _verdict(gap),
+                    f"top-1 mean ± std over {gap.n if gap else 0} seeds: {NAMES[method]} "
+                    f"{_mean_sd(_est(cells[method][low], 'top1'))}, none {_mean_sd(base)}; paired gap {gap}"))
+    high = max(f for m in cells.values() for f in m)
+    if high > low and "moco" in cells and high in cells["moco"] and high in cells["none"]:
+        gap = paired_gap(cells, "moco", "none", high)
+        small = gap is not None and gap.n > 1 and abs(gap.mean) < abs((paired_gap(cells, "moco", "none", low)
+                                                                        or gap).mean)
+        out.append((f"Classifier extraction: the gain of MoCo pre-training shrinks when {100 * high:g}% of the pool "
+                    f"is queried (the study: 76.7% vs 76.0%)", HOLDS if small else (INCONCLUSIVE if gap is None
+                                                                                     else FAILS),
+                    f"paired top-1 gap MoCo − none: {gap} at {100 * high:g}% vs "
+                    f"{paired_gap(cells, 'moco', 'none', low)} at {100 * low:g}%"))
+    return out
+
+
+def plot_study(cells: dict, path: Path, title: str) -> None:
+    def draw(ax):
+        for method in METHODS:
+            if method not in cells:
+                continue
+            fractions = sorted(cells[method])
+            ests = [_est(cells[method][f], "top1") for f in fractions]
+            ax.errorbar([100 * f for f in fractions], [e.mean for e in ests],
+                        yerr=[e.half_width or 0.0 for e in ests], marker="o", capsize=3, label=NAMES[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("% of the pool queried")
+        ax.set_ylabel("top-1 of the stolen classifier (%)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+
+    _save_plot(path, draw)
+
+
+def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]:
+    ref = paper.get("sslextract", {})
+    lines: list[str] = []
+    for scale, cells in sorted(study_records(records).items()):
+        fractions = sorted({f for m in cells.values() for f in m})
+        any_cell = next(iter(next(iter(next(iter(cells.values())).values())).values()))
+        victims = [r["victim"]["top1"] for m in cells.values() for f in m.values() for r in f.values()]
+        seeds = {s for m in cells.values() for f in m.values() for s in f}
+        png = out_dir / f"sslextract_{scale}.png"
+        plot_study(cells, png, f"classifier extraction ({scale}): top-1 vs query fraction (95% CI)")
+        lines += ["", f"## {ref.get('title', 'Classifier extraction with SSL pre-training')} — ours at `{scale}` scale",
+                  "",
+                  f"{len(seeds)} seed(s); pool of {any_cell['pool']:,} images; test set of {any_cell['n_test']:,} "
+                  f"held-out images; the victim answers `{any_cell['victim_output']}`; victim classifier top-1 "
+                  f"{estimate(sorted(set(victims)))} (paper: {' / '.join(map(str, ref.get('victim', [])))}). "
+                  "Cells: top-1 mean ± 95% CI / top-5 mean / agreement with the victim mean (%); the study's "
+                  "top-1 / top-5 in the last columns.", "",
+                  f"![top-1 against the query fraction]({png.name})", "",
+                  "| fraction | queries | " + " | ".join(NAMES[m] for m in METHODS if m in cells)
+                  + " | paper (" + " / ".join(NAMES[m] for m in METHODS) + ") |",
+                  "|---|---|" + "---|" * (sum(m in cells for m in METHODS) + 1)]
+        for f in fractions:
+            queries = sorted({r["queries"] for m in cells.values() for r in m.get(f, {}).values()})
+            row = []
+            for m in METHODS:
+                if m not in cells:
+                    continue
+                c = cells[m].get(f, {})
+                t1, t5, ag = _est(c, "top1"), _est(c, "top5"), _est(c, "agreement")
+                row.append(f"{t1} / {t5.mean:.1f} / {ag.mean:.1f}" if t1 else "-")
+            paper_cells = [ref.get("cells", {}).get(m, {}).get(f if f != 1.0 else 1) for m in METHODS]
+            lines.append(f"| {100 * f:g}% | {', '.join(map(str, queries))} | " + " | ".join(row) + " | "
+                         + " ; ".join(f"{p[0]:.1f}/{p[1]:.1f}" if p else "-" for p in paper_cells) + " |")
+        lines += ["", "Top-1 mean ± std over seeds (the form the issue asks for): " + "; ".join(
+            f"{NAMES[m]} at {100 * f:g}%: {_mean_sd(_est(cells[m][f], 'top1'))}"
+            for m in METHODS if m in cells for f in fractions if f in cells[m]) + "."]
+    return lines
