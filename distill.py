@@ -206,21 +206,14 @@ def run(config: dict, *, logger=None) -> dict:
 
     from client import QueryClient
     from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
-    from extraction import victim_classifier
+    from extraction import open_victim, victim_classifier
     from models import build_encoder, load_encoder, save_checkpoint
     from pretrain import pretrain_run
     from simclr import Precision, fit
-    from utils import (UserError, atomic_write_text, get_logger, pick_device, prepare_run_dir, seed_everything,
-                       setup_threads, write_config)
-    from victim import ClassifierBackend, VictimService, check_victim_type, load_victim
+    from utils import UserError, atomic_write_text, get_logger, prepare_run_dir, write_config
+    from victim import ClassifierBackend, VictimService
 
-    device = pick_device(config["device"], config["gpu_index"])
-    config["device"] = str(device)
-    setup_threads()
-    seed_everything(config["seed"])
-    loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"],
-                         victimtype=config["victimtype"])
-    check_victim_type(loaded, config["victimtype"])
+    device, loaded = open_victim(config)
     task, size = loaded.dataset, loaded.image_size
     if config.get("image_size") not in (None, size):
         raise UserError(f"--image-size {config['image_size']} differs from the victim's input size {size}; "

@@ -158,6 +158,19 @@ def build_parser(mode: str, output: str, doc: str, *, victimtype: str = "simclr"
     return p
 
 
+def open_victim(config: dict) -> tuple[torch.device, LoadedVictim]:
+    """The owner's side of a classifier-extraction run: the device (recorded in ``config``),
+    threads and seeds set, and the victim checkpoint loaded and checked against ``--victimtype``."""
+    device = pick_device(config["device"], config["gpu_index"])
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"],
+                         victimtype=config["victimtype"])
+    check_victim_type(loaded, config["victimtype"])
+    return device, loaded
+
+
 def run(config: dict) -> dict:
     """The whole experiment from parsed flags: the owner's classifier, the attack, the tests."""
     config = dict(config, arch=None, width=None, n_views=1, force=False)
@@ -168,13 +181,7 @@ def run(config: dict) -> dict:
     for key, value in defaults.items():
         if config.get(key) is None:
             config[key] = value
-    device = pick_device(config["device"], config["gpu_index"])
-    config["device"] = str(device)
-    setup_threads()
-    seed_everything(config["seed"])
-    loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"],
-                         victimtype=config["victimtype"])
-    check_victim_type(loaded, config["victimtype"])
+    device, loaded = open_victim(config)
     venc = loaded.encoder
     config.update(victim_checkpoint=str(loaded.path), dataset=loaded.dataset, image_size=loaded.image_size)
     if config["victimtype"] == "supervised" and config["dataset_test"] not in (None, loaded.dataset):
