@@ -295,7 +295,8 @@ def run(config: dict, *, logger=None) -> dict:
         base_lr=config["lr_head"], seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir,
         logger=logger, desc=f"distill {config['pretrain']}", tensorboard=False)
     metrics = fidelity_and_accuracy(model, x_eval, y_eval, victim_logits)
-    record = {"pretrain": config["pretrain"], "query_fraction": config["query_fraction"], "queries": client.queries_used,
+    record = {"pretrain": config["pretrain"], "query_fraction": config["query_fraction"],
+              "queries": client.queries_used,
               "pool": len(pool), "victim_output": config["victim_output"], "epochs": epochs,
               "metrics": metrics, "victim": {"top1": victim_top1, "top5": victim_top5}, "n_test": len(y_eval),
               "seed": config["seed"], "run_dir": str(run_dir)}
