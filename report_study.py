@@ -113,13 +113,14 @@ def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]
         fractions = sorted({f for m in cells.values() for f in m})
         any_cell = next(iter(next(iter(next(iter(cells.values())).values())).values()))
         victims = [r["victim"]["top1"] for m in cells.values() for f in m.values() for r in f.values()]
-        seeds = {s for m in cells.values() for f in m.values() for s in f}
+        counts = sorted({len(f) for m in cells.values() for f in m.values()})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         png = out_dir / f"sslextract_{scale}.png"
         plot_study(cells, png, f"classifier extraction ({scale}): top-1 vs query fraction (95% CI)")
         title = ref.get("title", "Classifier extraction with SSL pre-training")
         lines += ["", f"## {title} — ours at `{scale}` scale",
                   "",
-                  f"{len(seeds)} seed(s); pool of {any_cell['pool']:,} images; test set of {any_cell['n_test']:,} "
+                  f"{seeds} seed(s) per cell; pool of {any_cell['pool']:,} images; test set of {any_cell['n_test']:,} "
                   f"held-out images; the victim answers `{any_cell['victim_output']}`; victim classifier top-1 "
                   f"{estimate(sorted(set(victims)))} (paper: {' / '.join(map(str, ref.get('victim', [])))}). "
                   "Cells: top-1 mean ± 95% CI / top-5 mean / agreement with the victim mean (%); the study's "

@@ -229,3 +229,22 @@ def test_rotation_pretraining_beats_none_at_a_small_fraction(tmp_path, one_threa
             top1[method] = record["metrics"]["top1"]
         gaps.append(top1["rotation"] - top1["none"])
     assert sum(gaps) / len(gaps) > 0, f"rotation pre-training did not help: gaps {gaps}"
+
+
+def test_paper_scale_plan_is_the_imagenet_study(capsys):
+    import importlib
+    import sys
+
+    sys.path.insert(0, "scripts")
+    tables = importlib.import_module("tables")
+    steps = tables.main(["sslextract", "--scale", "paper", "--dry-run", "-data", "/d"])
+    out = capsys.readouterr().out
+    assert len(steps) == 16 and out.count("\n") == 16  # one seed at paper scale
+    assert steps[0].argv[:2] == ["--dataset", "imagenet"] and steps[0].script == "simclrsup"
+    moco = [s for s in steps if "moco" in s.argv and "--pretrain-only" in s.argv][0]
+    assert "runs/pretrain_moco_imagenet_resnet50_w64_s0/checkpoint.pt" in moco.argv
+    config = sslextract.resolve(sslextract.build_parser().parse_args(
+        ["--dataset", "imagenet", "--pretrain", "moco"]))
+    assert (config["scale"], config["moco_k"], config["moco_m"], config["pretrain_epochs"]) == ("paper", 65536, 0.999,
+                                                                                               200)
+    assert "--data /d" in out and out.count("--query-fraction 0.01") == 4
