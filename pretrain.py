@@ -269,6 +269,10 @@ def pretrain_run(config: dict, encoder: nn.Module, pool, *, ckpt_path, device: t
     pre = build_pretrainer(method, encoder, augment, device=device, seed=config["seed"],
                            moco_dim=config["moco_dim"], moco_queue=config["moco_k"],
                            moco_momentum=config["moco_m"], temperature=config["moco_t"])
+    keys = ("pretrain", "arch", "width", "stem", "image_size", "crop_min_scale", "hflip_p", "seed", "moco_dim",
+            "moco_k", "moco_m", "moco_t", "pretrain_batch_size", "pretrain_lr", "pretrain_optimizer", "pretrain_wd")
+    run_config = {"pool": config.get("datasetsteal") or config["dataset"], **{k: config.get(k) for k in keys},
+                  "pretrain_epochs": config["pretrain_epochs"]}
     start = None
     if ckpt_path.exists():
         start = load_checkpoint(ckpt_path)
@@ -279,15 +283,18 @@ def pretrain_run(config: dict, encoder: nn.Module, pool, *, ckpt_path, device: t
         if start["encoder"]["kwargs"] != encoder_kwargs(encoder):
             raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than these "
                             f"flags build; use the flags it was made with or another --pretrained path")
+        made_with = start.get("config") or {}
+        differ = [k for k in run_config if k != "pretrain_epochs" and made_with.get(k) != run_config[k]]
+        if differ:
+            raise UserError(f"{ckpt_path} was pre-trained with other settings ("
+                            + ", ".join(f"{k} {made_with.get(k)!r} here {run_config[k]!r}" for k in differ)
+                            + "); pass those flags, or another --pretrained path for these")
         load_state_dict_strict(pre.model, start["pretrainer"], what=f"{method} pre-training model")
         pre.load(start.get("extra", {}))
         if start.get("epoch") == config["pretrain_epochs"]:
             logger.info(f"{method} pre-training already finished: {ckpt_path}")
             return ckpt_path
     run_dir.mkdir(parents=True, exist_ok=True)
-    keys = ("pretrain", "dataset", "arch", "width", "stem", "image_size", "crop_min_scale", "hflip_p", "seed",
-            "moco_dim", "moco_k", "moco_m", "moco_t") + tuple(k for k in config if k.startswith("pretrain_"))
-    run_config = {k: config[k] for k in keys if k in config}
     write_config(run_dir, run_config)
     if len(pool) < config["pretrain_batch_size"]:
         raise UserError(f"the pool has {len(pool)} images, fewer than one pre-training batch of "

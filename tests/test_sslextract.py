@@ -88,6 +88,10 @@ def test_pretrain_then_distill_counts_exactly_the_fraction(victim, tmp_path):
     _extract(victim, tmp_path, "--pretrain", "rotation", "--pretrain-epochs", "1", "--pretrained", str(pretrained),
              "--query-fraction", "0.01", "--clear")
     assert pretrained.stat().st_mtime_ns == before
+    # ... but not under other pre-training settings: one sentence naming what differs
+    with pytest.raises(UserError, match="crop_min_scale 0.8 here 0.5"):
+        _extract(victim, tmp_path, "--pretrain", "rotation", "--pretrain-epochs", "1", "--pretrained", str(pretrained),
+                 "--query-fraction", "0.01", "--clear", "--crop-min-scale", "0.5")
 
 
 def test_the_encoder_is_fine_tuned_from_the_pretrained_weights(victim, tmp_path):
