@@ -141,6 +141,13 @@ def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]
             paper_cells = [ref.get("cells", {}).get(m, {}).get(f if f != 1.0 else 1) for m in METHODS]
             lines.append(f"| {100 * f:g}% | {', '.join(map(str, queries))} | " + " | ".join(row) + " | "
                          + " ; ".join(f"{p[0]:.1f}/{p[1]:.1f}" if p else "-" for p in paper_cells) + " |")
+        low = fractions[0]
+        verdicts = [f"{_verdict(paired_gap(cells, m, 'none', low))} for {NAMES[m]} "
+                    f"({paired_gap(cells, m, 'none', low)} points, paired by seed)"
+                    for m in METHODS[1:] if m in cells and low in cells[m]]
+        if "none" in cells and verdicts:
+            lines += ["", f"The study's main claim, self-supervised pre-training beats none at {100 * low:g}% of the "
+                      f"pool: **{'; '.join(verdicts)}**."]
         lines += ["", "Top-1 mean ± std over seeds (the form the issue asks for): " + "; ".join(
             f"{NAMES[m]} at {100 * f:g}%: {_mean_sd(_est(cells[m][f], 'top1'))}"
             for m in METHODS if m in cells for f in fractions if f in cells[m]) + "."]
