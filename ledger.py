@@ -1,0 +1,284 @@
+"""The victim service's durable query ledger: accounts, API keys, budgets, answered batches, defense state.
+
+The HTTP service (the next step of the serving work) records every answered batch here
+*before* its answers leave, so a query counts exactly once and a crash can lose an answer
+but never an entry. One SQL database holds
+
+* ``accounts``: name, the SHA-256 of its API key (the key itself is shown once, at creation,
+  and never stored), budget (``NULL`` = unlimited), queries used, requests, head access, rate
+  limit (requests per second, ``NULL`` = none) and expiry time;
+* ``batches``: one row per answered batch: account, time, number of images, the SHA-256 of
+  each image's bytes and the defenses' decisions (JSON);
+* ``defense_state``: per account and defense, a JSON document (similar-query history, puzzle
+  difficulty), so per-account defenses survive a restart.
+
+:meth:`Ledger.record` checks the budget, appends the batch and increments the account's
+counters in **one transaction** (SQLite ``BEGIN IMMEDIATE``: one writer at a time, others
+wait up to ``timeout`` seconds), so concurrent requests of one account, from threads or from
+processes, can never take it past its budget, and the ledger's total always equals the sum
+of the accounts' ``used``. SQLite runs in WAL mode (readers never block the writer).
+
+URLs: a file path or ``sqlite:///path/to/ledger.db`` (the default), ``sqlite:///:memory:``
+for a throwaway one, and ``postgresql://user:pass@host/db`` for deployments that outgrow one
+file: the same schema and statements through ``psycopg`` (not installed here: install it on
+the server; only SQLite is tested in this project).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from errors import QueryBudgetExceeded, UserError
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS accounts (
+        name TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL UNIQUE,
+        budget INTEGER,
+        used INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        head_access INTEGER NOT NULL DEFAULT 0,
+        rate_limit REAL,
+        created REAL NOT NULL,
+        expires REAL)""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts(name),
+        time REAL NOT NULL,
+        count INTEGER NOT NULL,
+        input_hashes TEXT NOT NULL,
+        decisions TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS batches_account ON batches(account)",
+    """CREATE TABLE IF NOT EXISTS defense_state (
+        account TEXT NOT NULL REFERENCES accounts(name),
+        defense TEXT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (account, defense))""",
+)
+
+
+class AuthError(UserError):
+    """A missing, unknown or expired API key."""
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """One row of ``accounts`` (never the key: only its hash is stored)."""
+    name: str
+    budget: Optional[int]
+    used: int
+    requests: int
+    head_access: bool
+    rate_limit: Optional[float]
+    expires: Optional[float]
+
+    @property
+    def remaining(self) -> Optional[int]:
+        return None if self.budget is None else self.budget - self.used
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key: SHA-256 hex. The keys are 256-bit random tokens, so a fast
+    hash is enough (no password stretching needed) and a leaked database reveals no key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def image_hashes(images: torch.Tensor) -> list[str]:
+    """SHA-256 of each image's bytes (uint8 or float, contiguous), what a batch row keeps of its inputs."""
+    return [hashlib.sha256(img.contiguous().cpu().numpy().tobytes()).hexdigest() for img in images]
+
+
+def sqlite_path(url: str) -> str:
+    """The SQLite file of a ledger URL (a plain path, ``sqlite:///path``, or ``sqlite:///:memory:``)."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    if "://" in url:
+        raise UserError(f"unknown ledger URL {url!r}: use a file path, sqlite:///PATH or postgresql://...")
+    return url
+
+
+class Ledger:
+    """The durable ledger behind the service (see the module docstring). Thread-safe: each
+    thread gets its own connection; several processes may open the same file."""
+
+    def __init__(self, url: str | Path = "ledger.db", *, timeout: float = 30.0):
+        url = str(url)
+        if url.startswith(("postgresql://", "postgres://")):
+            raise UserError("a PostgreSQL ledger needs the psycopg driver on the server (pip install 'psycopg[binary]'); "
+                            "this build ships the SQLite ledger only, so pass a file path or sqlite:///PATH")
+        self.url, self.path, self.timeout = url, sqlite_path(url), timeout
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._memory = None
+        db = self._db()
+        if self.path != ":memory:":
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise UserError(f"the ledger {self.path} cannot use write-ahead logging (journal mode {mode}); "
+                                f"put it on a local disk")
+        with self._transaction() as c:
+            for statement in SCHEMA:
+                c.execute(statement)
+
+    # ------------------------------------------------------------------ connections
+
+    def _db(self) -> sqlite3.Connection:
+        if self.path == ":memory:":  # one shared connection: a second would open another, empty database
+            if self._memory is None:
+                self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False,
+                                               timeout=self.timeout)
+                self._memory_lock = threading.Lock()
+            return self._memory
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.timeout)
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=FULL")  # a committed batch survives a power cut, not only a crash
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, ledger: "Ledger"):
+            self.ledger = ledger
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db = self.ledger._db()
+            memory = self.ledger.path == ":memory:"
+            if memory:
+                self.ledger._memory_lock.acquire()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: check-then-write is atomic
+            except BaseException:
+                if memory:
+                    self.ledger._memory_lock.release()
+                raise
+            return self.db
+
+        def __exit__(self, kind, value, tb) -> None:
+            try:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                if self.ledger.path == ":memory:":
+                    self.ledger._memory_lock.release()
+
+    def _transaction(self) -> "Ledger._Tx":
+        return Ledger._Tx(self)
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # ------------------------------------------------------------------ accounts
+
+    def create_account(self, name: str, *, budget: Optional[int] = None, head_access: bool = False,
+                       rate_limit: Optional[float] = None, expires: Optional[float] = None) -> str:
+        """Open an account and return its new API key (shown this once; only its hash is stored)."""
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"an account name is letters, digits, '-' and '_', got {name!r}")
+        if budget is not None and budget < 0:
+            raise UserError(f"an account budget must be non-negative, got {budget}")
+        if rate_limit is not None and rate_limit <= 0:
+            raise UserError(f"a rate limit must be positive (requests per second), got {rate_limit}")
+        key = "sk-" + secrets.token_urlsafe(32)
+        with self._transaction() as c:
+            if c.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                raise UserError(f"account {name!r} exists already; pick another name")
+            c.execute("INSERT INTO accounts (name, key_hash, budget, head_access, rate_limit, created, expires) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (name, hash_key(key), budget, int(head_access), rate_limit, time.time(), expires))
+        return key
+
+    def _row(self, row) -> AccountRecord:
+        name, budget, used, requests, head, rate, expires = row
+        return AccountRecord(name, budget, used, requests, bool(head), rate, expires)
+
+    _COLUMNS = "name, budget, used, requests, head_access, rate_limit, expires"
+
+    def account(self, name: str) -> AccountRecord:
+        row = self._db().execute(f"SELECT {self._COLUMNS} FROM accounts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UserError(f"no account {name!r} in the ledger {self.path}")
+        return self._row(row)
+
+    def authenticate(self, key: Optional[str], *, now: Optional[float] = None) -> AccountRecord:
+        """The account of an API key; :class:`AuthError` for a missing, unknown or expired key."""
+        if not key:
+            raise AuthError("no API key: send the header 'Authorization: Bearer <key>'")
+        row = self._db().execute(f"SELECT {self._COLUMNS} FROM accounts WHERE key_hash = ?",
+                                 (hash_key(key),)).fetchone()
+        if row is None:
+            raise AuthError("unknown API key; ask the service's admin for one")
+        record = self._row(row)
+        if record.expires is not None and (now or time.time()) >= record.expires:
+            raise AuthError(f"the API key of account {record.name!r} has expired")
+        return record
+
+    # ------------------------------------------------------------------ queries
+
+    def record(self, name: str, count: int, input_hashes: Iterable[str] = (),
+               decisions: Optional[dict] = None) -> AccountRecord:
+        """Count ``count`` queries of ``name`` and append their batch, in one transaction; refuse
+        the whole batch (:class:`errors.QueryBudgetExceeded`, nothing written) if it would take the
+        account past its budget. Returns the account after the batch."""
+        if count < 1:
+            raise ValueError(f"a batch holds at least one query, got {count}")
+        hashes = list(input_hashes)
+        if hashes and len(hashes) != count:
+            raise ValueError(f"{count} queries but {len(hashes)} input hashes")
+        with self._transaction() as c:
+            row = c.execute(f"SELECT {self._COLUMNS} FROM accounts WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UserError(f"no account {name!r} in the ledger {self.path}")
+            account = self._row(row)
+            if account.budget is not None and account.used + count > account.budget:
+                raise QueryBudgetExceeded(f"account {name!r}: answering {count} queries would exceed its budget "
+                                          f"of {account.budget} ({account.used} used)")
+            c.execute("INSERT INTO batches (account, time, count, input_hashes, decisions) VALUES (?, ?, ?, ?, ?)",
+                      (name, time.time(), count, json.dumps(hashes), json.dumps(decisions or {})))
+            c.execute("UPDATE accounts SET used = used + ?, requests = requests + 1 WHERE name = ?", (count, name))
+        return AccountRecord(account.name, account.budget, account.used + count, account.requests + 1,
+                             account.head_access, account.rate_limit, account.expires)
+
+    def usage(self, name: str) -> dict:
+        a = self.account(name)
+        return {"account": a.name, "used": a.used, "requests": a.requests, "budget": a.budget,
+                "remaining": a.remaining}
+
+    def total(self, name: Optional[str] = None) -> int:
+        """Queries in the batch rows (of one account, or of all)."""
+        sql, args = ("SELECT COALESCE(SUM(count), 0) FROM batches", ())
+        if name is not None:
+            sql, args = sql + " WHERE account = ?", (name,)
+        return int(self._db().execute(sql, args).fetchone()[0])
+
+    def batches(self, name: str) -> list[dict]:
+        rows = self._db().execute("SELECT id, time, count, input_hashes, decisions FROM batches WHERE account = ? "
+                                  "ORDER BY id", (name,)).fetchall()
+        return [{"id": i, "time": t, "count": n, "input_hashes": json.loads(h), "decisions": json.loads(d)}
+                for i, t, n, h, d in rows]
+
+    # ------------------------------------------------------------------ defense state
+
+    def save_state(self, name: str, defense: str, state: dict) -> None:
+        """Keep a defense's per-account state (JSON-serialisable) across restarts."""
+        text = json.dumps(state)
+        with self._transaction() as c:
+            c.execute("INSERT INTO defense_state (account, defense, state) VALUES (?, ?, ?) "
+                      "ON CONFLICT (account, defense) DO UPDATE SET state = excluded.state", (name, defense, text))
+
+    def load_state(self, name: str, defense: str) -> dict:
+        row = self._db().execute("SELECT state FROM defense_state WHERE account = ? AND defense = ?",
+                                 (name, defense)).fetchone()
+        return {} if row is None else json.loads(row[0])
