@@ -110,3 +110,70 @@ class QueryClient:
             append_jsonl(self.log_path, record)
         self._epoch_new, self._epoch_hits = [], 0
         return record
+
+
+class HTTPConnection:
+    """A customer's handle on a victim served over HTTP (``serve.py``): the same ``answer(images)``,
+    ``out_dim`` and ``info`` as an in-process :class:`victim.Connection`, so no attack changes.
+
+    Images go as raw uint8 bytes (floats in [0, 1] are rounded to uint8 first, as a PNG would);
+    answers come back as raw float32 bytes. 429 and 503 are retried with exponential backoff
+    (``retries`` times, from ``backoff`` seconds); any other refusal is a :class:`errors.UserError`
+    with the server's sentence (402, an exhausted budget: :class:`errors.QueryBudgetExceeded`).
+    """
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 120.0, retries: int = 5, backoff: float = 0.5):
+        self.url, self.api_key = url.rstrip("/"), api_key
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.requests = 0
+        self.info = self._call("GET", "/v1/info")
+        self.out_dim = int(self.info["out_dim"])
+
+    def _call(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        import http.client
+        import json
+        import time
+        import urllib.error
+        import urllib.request
+
+        from errors import UserError
+
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    self.requests += 1
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                try:
+                    message = json.loads(err.read()).get("error", err.reason)
+                except ValueError:
+                    message = str(err.reason)
+                if err.code in (429, 503) and attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+                    continue
+                if err.code == 402:
+                    raise QueryBudgetExceeded(f"{self.url}: {message}") from None
+                raise UserError(f"{self.url}{path} refused the request ({err.code}): {message}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+                # refused, reset or cut off mid-reply (a server that died): retried, then one sentence
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+                    continue
+                reason = getattr(err, "reason", err)
+                raise UserError(f"cannot reach the victim service at {self.url}: {reason}; is serve.py "
+                                f"running there?") from None
+        raise AssertionError("unreachable")
+
+    def usage(self) -> dict:
+        """The account's queries used and remaining, as the server counts them."""
+        return self._call("GET", "/v1/usage")
+
+    def answer(self, images: torch.Tensor) -> torch.Tensor:
+        from serving import decode_array, encode_array
+
+        x = images if images.dtype == torch.uint8 else (to_float(images) * 255).round().clamp(0, 255).to(torch.uint8)
+        reply = self._call("POST", "/v1/embeddings", {"format": "uint8", **encode_array(x)})
+        return decode_array(reply, reply.get("dtype", "float32")).to(images.device)

@@ -251,6 +251,9 @@ class Ledger:
         return AccountRecord(account.name, account.budget, account.used + count, account.requests + 1,
                              account.head_access, account.rate_limit, account.expires)
 
+    def names(self) -> list[str]:
+        return [name for (name,) in self._db().execute("SELECT name FROM accounts ORDER BY name")]
+
     def usage(self, name: str) -> dict:
         a = self.account(name)
         return {"account": a.name, "used": a.used, "requests": a.requests, "budget": a.budget,

@@ -127,10 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/steal_<loss>_<queries>_<querydata>_s<seed>)")
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace an existing run in --logdir")
+    g = p.add_argument_group("a victim served over HTTP (serve.py)")
+    g.add_argument("--victim-url", default=None,
+                   help="steal the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a checkpoint; "
+                        "the dataset, input size and architecture come from its /v1/info")
+    g.add_argument("--api-key", default=None, help="the account's API key for --victim-url")
     add_defense_args(p)
     add_reference_args(p, "entropy")
     add_common_args(p)
     return p
+
+
+def http_victim(config: dict) -> tuple:
+    """``--victim-url``: a connection to a victim served over HTTP and what its published card says."""
+    from client import HTTPConnection
+    from utils import scale_of
+
+    if not config["api_key"]:
+        raise UserError("--victim-url needs --api-key (create one with `python serve.py accounts create NAME`)")
+    if config["victimhead"] or config["watermark"] or config["victim_checkpoint"]:
+        raise UserError("--victim-url steals a served victim: --victimhead, --watermark and --victim-checkpoint "
+                        "are the owner's side and do not apply")
+    connection = HTTPConnection(config["victim_url"], config["api_key"])
+    card = connection.info
+    record = {"victim_checkpoint": config["victim_url"], "dataset": card["dataset"],
+              "scale": scale_of(card["dataset"], config["scale"]), "arch": card["arch"], "width": card["width"],
+              "image_size": card["input_size"], "victim_watermarked": False, "defenses": ["served: unknown"]}
+    return connection, record
 
 
 def main(argv=None) -> Path:
@@ -141,7 +164,12 @@ def main(argv=None) -> Path:
     seed_everything(config["seed"])
     # the owner's side: the service (its checkpoint is read here and nowhere in the attack)
     answers = "head" if config["victimhead"] else "representation"
-    service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"], device=device)
+    if config["victim_url"]:  # the victim is served elsewhere (serve.py): its card is all we know
+        connection, victim_record = http_victim(config)
+    else:
+        service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"],
+                                                     device=device)
+        connection = service.connect("attacker")
     if config["watermark"] and not victim_record["victim_watermarked"]:
         raise UserError(f"--watermark True needs a watermarked victim, but {victim_record['victim_checkpoint']} "
                         f"has no watermark predictor; drop --watermark or steal a victim trained with "
@@ -156,7 +184,6 @@ def main(argv=None) -> Path:
         raise UserError(f"{run_dir} already holds a stolen checkpoint; pass --clear or another --logdir")
     for stale in ("queries.jsonl", "metrics.jsonl"):
         (run_dir / stale).unlink(missing_ok=True)
-    connection = service.connect("attacker")
     config["victim_out_dim"] = connection.out_dim
     if config["out_dim"] is not None and config["out_dim"] != connection.out_dim:
         raise UserError(f"--out_dim {config['out_dim']} differs from the victim's {connection.out_dim}-d answers; "

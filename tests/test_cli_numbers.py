@@ -29,6 +29,8 @@ SCRIPTS = {
     "watermark": ("watermark", None, []),
     "stealsimsiam": ("stealsimsiam", None, []),
     "linsimsiam": ("linsimsiam", None, []),
+    "sslextract": ("sslextract", None, []),
+    "serve": ("serve", None, []),
 }
 
 # what 0 and -1 must give, written by hand from each flag's meaning (True = accepted); nan and a
@@ -39,11 +41,13 @@ EXPECTED = {
                      "widthstolen", "holdout", "lr", "lrhead", "temperature", "temperaturesn", "crop_min_scale",
                      "num_labeled", "probe_epochs", "probe_lr", "num_queries_unused", "tempsn", "lr_unused",
                      "num_labeled_unused", "out_dim_unused", "temperature_unused", "watermark_hidden", "alpha",
-                     "print_freq", "epochssteal", "nproc"],
+                     "print_freq", "epochssteal", "nproc", "pretrain_epochs", "pretrain_batch_size", "moco_dim",
+                     "moco_k", "pool_epochs", "max_epochs", "pretrain_lr", "moco_t", "lr_head", "distill_temperature",
+                     "distill_crop_min_scale", "query_fraction", "port", "max_batch", "max_body_mb"],
                    (False, False)),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "pow_bits_min", "pow_bits_max", "weight_decay",
                      "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p", "momentum", "probe_wd", "sigma_unused",
-                     "watermark_weight", "start_epoch", "gpu"],
+                     "watermark_weight", "start_epoch", "gpu", "pretrain_wd", "lr_encoder", "moco_m"],
                    (True, False)),
     **dict.fromkeys(["world_size", "rank"], (True, True)),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "pow_threshold", "mu_unused"], (True, True)),

@@ -1,0 +1,202 @@
+"""The victim service over HTTP: a FastAPI app around :class:`victim.VictimService` and :class:`ledger.Ledger`.
+
+Endpoints (JSON; errors are ``{"error": "<one sentence>"}`` with the status code):
+
+* ``GET /healthz``: ``{"ok": true}``;
+* ``GET /v1/info`` (auth): what the service publishes (output dimension, input size and format,
+  the model card);
+* ``GET /v1/usage`` (auth): the account's queries used and remaining;
+* ``POST /v1/embeddings`` (auth): a batch of images, either ``{"format": "uint8", "shape":
+  [B, 3, S, S], "data": "<base64 of the raw bytes>"}`` or ``{"format": "png", "images":
+  ["<base64 PNG>", ...]}``; answers ``{"shape": [B, D], "dtype": "float32", "data": "<base64>",
+  "used": ..., "remaining": ...}`` (raw float32 bytes: the answers arrive bit for bit).
+
+Auth is ``Authorization: Bearer <key>`` (keys from ``serve.py accounts create``, stored
+hashed). A batch is validated first (body size, batch size, dtype, shape, PNG dimensions
+before decoding: no decompression bombs), then answered, then recorded in the ledger in one
+transaction with the budget check, and only then sent: a refused request counts nothing, and
+an answered one is always in the ledger. Status codes: 400 malformed, 401 key, 402 budget,
+413 too large, 422 wrong shape or type.
+"""
+
+import base64
+import binascii
+import io
+import json
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from errors import QueryBudgetExceeded
+from ledger import AuthError, Ledger, image_hashes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry."""
+    max_body_bytes: int = 32 * 2 ** 20
+    max_batch: int = 256
+
+
+class RequestError(Exception):
+    """A refused request: its HTTP status and one sentence."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def encode_array(x: torch.Tensor) -> dict:
+    """The wire form of a tensor: shape, dtype and base64 of its raw bytes (little-endian)."""
+    arr = x.detach().cpu().contiguous().numpy()
+    return {"shape": list(arr.shape), "dtype": str(arr.dtype), "data": base64.b64encode(arr.tobytes()).decode()}
+
+
+def decode_array(payload: dict, dtype: str) -> torch.Tensor:
+    try:
+        raw = base64.b64decode(payload["data"], validate=True)
+        shape = [int(s) for s in payload["shape"]]
+    except (KeyError, TypeError, ValueError, binascii.Error) as err:
+        raise RequestError(400, f"the body needs 'shape' (a list of ints) and 'data' (base64): {err}") from None
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(raw) != expected:
+        raise RequestError(422, f"'data' holds {len(raw)} bytes but shape {shape} of {dtype} needs {expected}")
+    return torch.from_numpy(np.frombuffer(raw, dtype=dtype).reshape(shape).copy())
+
+
+def decode_images(body: dict, size: int, limits: Limits) -> torch.Tensor:
+    """The ``B x 3 x size x size`` uint8 batch of a request body, or a :class:`RequestError`."""
+    fmt = body.get("format", "uint8")
+    if fmt == "uint8":
+        if body.get("dtype", "uint8") != "uint8":
+            raise RequestError(422, f"images must be uint8, got {body.get('dtype')!r}")
+        shape = body.get("shape")
+        if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[0], int) and shape[0] > limits.max_batch:
+            raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {shape[0]}")
+        images = decode_array(body, "uint8")
+    elif fmt == "png":
+        from PIL import Image
+
+        items = body.get("images")
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, "format 'png' needs 'images': a non-empty list of base64 PNG files")
+        if len(items) > limits.max_batch:
+            raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {len(items)}")
+        decoded = []
+        for i, item in enumerate(items):
+            try:
+                img = Image.open(io.BytesIO(base64.b64decode(item, validate=True)))
+            except (binascii.Error, ValueError, OSError, TypeError) as err:
+                raise RequestError(400, f"image {i} is not a base64 PNG: {err}") from None
+            if img.format != "PNG":
+                raise RequestError(422, f"image {i} is {img.format}, not PNG")
+            if img.size != (size, size):  # read from the header: nothing is decompressed yet
+                raise RequestError(422, f"image {i} is {img.size[0]}x{img.size[1]}; this service takes "
+                                        f"{size}x{size} images")
+            decoded.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
+        images = torch.stack(decoded)
+    else:
+        raise RequestError(400, f"unknown format {fmt!r}: use 'uint8' or 'png'")
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
+        raise RequestError(422, f"images must be B x 3 x {size} x {size}, got {list(images.shape)}")
+    if images.shape[0] < 1:
+        raise RequestError(422, "the batch is empty")
+    if images.shape[0] > limits.max_batch:
+        raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {images.shape[0]}")
+    return images
+
+
+class Gateway:
+    """The HTTP-independent part of the server: authenticate, validate, answer, record. The
+    FastAPI app (:func:`build_app`) only moves bytes in and out of it."""
+
+    def __init__(self, service, ledger: Ledger, limits: Limits = Limits()):
+        self.service, self.ledger, self.limits = service, ledger, limits
+        self.size = int(service.info().get("input_size") or 0)
+        self._lock = threading.Lock()  # one forward pass at a time (the defenses' state is per process)
+
+    def account(self, authorization: Optional[str]):
+        scheme, _, key = (authorization or "").partition(" ")
+        try:
+            return self.ledger.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+        except AuthError as err:
+            raise RequestError(401, str(err)) from None
+
+    def info(self, authorization: Optional[str]) -> dict:
+        self.account(authorization)
+        return self.service.info()
+
+    def usage(self, authorization: Optional[str]) -> dict:
+        return self.ledger.usage(self.account(authorization).name)
+
+    def embeddings(self, authorization: Optional[str], body: bytes) -> dict:
+        account = self.account(authorization)
+        if len(body) > self.limits.max_body_bytes:
+            raise RequestError(413, f"the body is {len(body)} bytes; the limit is {self.limits.max_body_bytes}")
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RequestError(400, f"the body is not JSON: {err}") from None
+        if not isinstance(payload, dict):
+            raise RequestError(400, "the body must be a JSON object")
+        images = decode_images(payload, self.size, self.limits)
+        n = images.shape[0]
+        if account.budget is not None and account.used + n > account.budget:
+            raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
+                                    f"{account.budget} ({account.used} used)")
+        with self._lock:
+            answers = self.service.answer(account.name, images)
+        try:  # recorded (with the budget checked again, atomically) before the answers leave
+            after = self.ledger.record(account.name, n, image_hashes(images))
+        except QueryBudgetExceeded as err:
+            raise RequestError(402, str(err)) from None
+        return {**encode_array(answers.float()), "used": after.used, "remaining": after.remaining}
+
+
+def build_app(gateway: Gateway):
+    """The FastAPI app over ``gateway``."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="sslsteal victim service", description=__doc__)
+
+    def guarded(fn, *args):
+        try:
+            return JSONResponse(fn(*args))
+        except RequestError as err:
+            return JSONResponse({"error": err.message}, status_code=err.status)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    @app.get("/v1/info")
+    def info(request: Request):
+        return guarded(gateway.info, request.headers.get("authorization"))
+
+    @app.get("/v1/usage")
+    def usage(request: Request):
+        return guarded(gateway.usage, request.headers.get("authorization"))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > gateway.limits.max_body_bytes:
+            return JSONResponse({"error": f"the body is {declared} bytes; the limit is "
+                                          f"{gateway.limits.max_body_bytes}"}, status_code=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():  # also bounds a body sent without Content-Length
+            size += len(chunk)
+            if size > gateway.limits.max_body_bytes:
+                return JSONResponse({"error": f"the body is over the limit of {gateway.limits.max_body_bytes} "
+                                              f"bytes"}, status_code=413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(guarded, gateway.embeddings, request.headers.get("authorization"), body)
+
+    return app

@@ -1,0 +1,248 @@
+"""serve.py for real: the server runs in its own process on a free local port (no mock of the HTTP
+layer); answers equal the in-process service's bit for bit, budgets end exactly, bad keys and
+bad input are refused with the right status and count nothing, and concurrent clients never
+take an account past its budget."""
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+import run
+import serve
+from client import HTTPConnection, QueryClient
+from errors import QueryBudgetExceeded
+from ledger import Ledger
+from utils import UserError
+from victim import build_service, load_victim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(victim, ledger, port=None):
+    """serve.py in its own process; returns it and its URL once /healthz answers."""
+    port = port or free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--victim-checkpoint", str(victim),
+                             "--ledger", ledger, "--port", str(port), "--device", "cpu", "--max-batch", "64",
+                             "--max-body-mb", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if json.loads(r.read())["ok"]:
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start: {proc.stdout.read().decode()[-2000:]}")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    victim = run.main([*TINY, "--epochs", "1", "--logdir", str(root / "victim")])
+    ledger = str(root / "ledger.db")
+    keys = {name: serve.main(["accounts", "create", name, "--ledger", ledger, *budget])
+            for name, budget in (("alice", ["--budget", "50"]), ("bob", []), ("crowd", ["--budget", "1000"]))}
+    proc, url = start_server(victim, ledger)
+    yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def post(url, body: bytes, key=None, path="/v1/embeddings"):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + path, data=body, headers=headers), timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def images(n, seed=0, size=8):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_answers_over_http_equal_the_in_process_service(server):
+    http = HTTPConnection(server["url"], server["keys"]["bob"])
+    local = build_service(load_victim(str(server["victim"]))).connect("x")
+    assert http.out_dim == local.out_dim and http.info["input_size"] == 8
+    x = images(20)
+    assert torch.equal(http.answer(x), local.answer(x))  # bit for bit
+    assert torch.equal(http.answer(x.float() / 255), local.answer(x))  # floats travel as their uint8 values
+    # through the attacker's query client: counted and cached the same way
+    client = QueryClient(http, budget=30)
+    client.query(x, keys=list(range(20)))
+    client.query(x, keys=list(range(20)))
+    assert client.queries_used == 20 and http.requests == 1 + 2 + 1  # info, two answers, one client call
+
+
+def test_budget_ends_exactly_and_refusals_count_nothing(server):
+    key = server["keys"]["alice"]
+    http = HTTPConnection(server["url"], key)
+    assert http.usage()["remaining"] == 50
+    http.answer(images(30))
+    http.answer(images(20, seed=1))
+    assert http.usage() == {"account": "alice", "used": 50, "requests": 2, "budget": 50, "remaining": 0}
+    with pytest.raises(QueryBudgetExceeded, match="budget of 50"):
+        http.answer(images(1))
+    ledger = Ledger(server["ledger"])
+    assert ledger.total("alice") == 50 and len(ledger.batches("alice")) == 2
+
+
+def _png(img: torch.Tensor) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_bad_keys_and_bad_input_get_a_status_and_one_sentence(server):
+    url, key = server["url"], server["keys"]["bob"]
+    before = Ledger(server["ledger"]).usage("bob")["used"]
+    good = {"format": "uint8", "shape": [2, 3, 8, 8], "data": base64.b64encode(images(2).numpy().tobytes()).decode()}
+    cases = [
+        (json.dumps(good).encode(), None, 401, "API key"),
+        (json.dumps(good).encode(), "sk-not-a-key", 401, "unknown API key"),
+        (b"{not json", key, 400, "not JSON"),
+        (json.dumps({**good, "shape": [2, 3, 16, 16]}).encode(), key, 422, "needs"),
+        (json.dumps({**good, "shape": [4, 3, 8, 4]}).encode(), key, 422, "B x 3 x 8 x 8"),
+        (json.dumps({**good, "dtype": "float32"}).encode(), key, 422, "uint8"),
+        (json.dumps({**good, "shape": [65, 3, 8, 8]}).encode(), key, 413, "at most 64"),
+        (json.dumps({"format": "png", "images": [_png(images(1, size=9)[0])]}).encode(), key, 422, "9x9"),
+        (json.dumps({"format": "png", "images": ["bm90IGEgcG5n"]}).encode(), key, 400, "not a base64 PNG"),
+        (json.dumps({"format": "gif"}).encode(), key, 400, "unknown format"),
+    ]
+    for body, k, status, words in cases:
+        code, reply = post(url, body, k)
+        assert code == status and words in reply["error"], (status, reply)
+    # a body over the limit (0.5 MiB here) is refused from its declared length, before it is read
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/v1/embeddings")
+    conn.putheader("Authorization", f"Bearer {key}")
+    conn.putheader("Content-Length", str(600 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    conn.close()
+    assert Ledger(server["ledger"]).usage("bob")["used"] == before  # nothing counted
+    code, reply = post(url, json.dumps({"format": "png", "images": [_png(i) for i in images(3)]}).encode(), key)
+    assert code == 200 and reply["shape"][0] == 3  # PNGs of the right size are answered
+    with pytest.raises(UserError, match="cannot reach"):
+        HTTPConnection("http://127.0.0.1:9", key, retries=0)
+
+
+def test_concurrent_clients_never_pass_the_budget(server):
+    """8 clients x 200 requests of 1-3 images on one account with a budget of 1,000."""
+    key, granted, lock = server["keys"]["crowd"], [], threading.Lock()
+
+    def client(seed):
+        http = HTTPConnection(server["url"], key, retries=3, backoff=0.05)
+        gen = torch.Generator().manual_seed(seed)
+        got = 0
+        for _ in range(200):
+            n = int(torch.randint(1, 4, (1,), generator=gen))
+            try:
+                got += http.answer(images(n, seed=seed)).shape[0]
+            except QueryBudgetExceeded:
+                pass
+        with lock:
+            granted.append(got)
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = Ledger(server["ledger"])
+    assert sum(granted) == ledger.total("crowd") == ledger.usage("crowd")["used"] and 997 < sum(granted) <= 1000
+
+
+def test_a_copy_stolen_over_http_equals_one_stolen_in_process(server, tmp_path):
+    import steal
+    from models import load_checkpoint
+
+    flags = ["--losstype", "mse", "--num_queries", "64", "--epochs", "2", "-b", "32", "--device", "cpu",
+             "--seed", "3"]
+    before = Ledger(server["ledger"]).usage("bob")["used"]
+    over_http = steal.main(["--victim-url", server["url"], "--api-key", server["keys"]["bob"],
+                            "--logdir", str(tmp_path / "http"), *flags])
+    assert Ledger(server["ledger"]).usage("bob")["used"] == before + 64  # each query paid once over 2 epochs
+    in_process = steal.main(["--victim-checkpoint", str(server["victim"]), "--logdir", str(tmp_path / "local"),
+                             *flags])
+    a, b = load_checkpoint(over_http), load_checkpoint(in_process)
+    assert a["encoder"]["state_dict"].keys() == b["encoder"]["state_dict"].keys()
+    for name, tensor in a["encoder"]["state_dict"].items():
+        assert torch.equal(tensor, b["encoder"]["state_dict"][name]), name
+    with pytest.raises(UserError, match="needs --api-key"):
+        steal.main(["--victim-url", server["url"], "--logdir", str(tmp_path / "x"), *flags])
+
+
+def test_sigkill_mid_load_then_restart_loses_no_answered_query(server, tmp_path):
+    """8 clients load a fresh server; it is SIGKILLed mid-load and restarted on the same ledger:
+    every answer a client received is in the ledger, no batch is counted twice, and the server
+    carries on from the ledger's counts."""
+    import signal
+
+    ledger = str(tmp_path / "ledger.db")
+    key = serve.main(["accounts", "create", "load", "--ledger", ledger])
+    proc, url = start_server(server["victim"], ledger)
+    received, stop, lock = [], threading.Event(), threading.Lock()
+
+    def client(seed):
+        http = HTTPConnection(url, key, retries=0)
+        got = 0
+        while not stop.is_set():
+            try:
+                got += http.answer(images(2, seed=seed)).shape[0]
+            except UserError:  # the server is gone
+                break
+        with lock:
+            received.append(got)
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while Ledger(ledger).total("load") < 200 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    book = Ledger(ledger)
+    total, usage = book.total("load"), book.usage("load")
+    assert sum(received) <= total <= sum(received) + 8 * 2  # at most one unanswered batch per client in flight
+    assert total == usage["used"] == 2 * usage["requests"] == 2 * len(book.batches("load"))
+    proc, url = start_server(server["victim"], ledger)
+    try:
+        http = HTTPConnection(url, key)
+        http.answer(images(2))
+        assert http.usage()["used"] == total + 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
