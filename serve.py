@@ -12,8 +12,10 @@ recorded in the ledger (SQLite, WAL) before its answers leave, and no account is
 past its budget. FastAPI on uvicorn: a maintained ASGI stack with request validation and
 OpenAPI docs at ``/docs``.
 
-Not yet served: the serving-side defenses' proof of work over the wire, dynamic batching
-of concurrent requests, rate limits (stored per account, not enforced yet), head access.
+Concurrent requests are gathered into one forward pass (``--batching``, ``--batch-wait-ms``);
+with batching an answer can differ from a lone forward pass in the last bits of a float (the
+kernels depend on the batch size). Not yet served: the serving-side defenses' proof of work
+over the wire, rate limits (stored per account, not enforced yet), head access.
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--max-batch", type=int, default=256, help="images per request at most")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body size limit in MiB")
+    p.add_argument("--batching", default="on", choices=["on", "off"],
+                   help="dynamic batching: requests that arrive while a forward pass runs go through the next "
+                        "one together (off: every request is its own forward pass)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="with batching, wait up to this long for more requests before a pass (0: none, so a "
+                        "lone client pays no latency)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     return apply_numeric_rules(p)
 
@@ -73,7 +81,8 @@ def main(argv=None):
     device = pick_device(args.device, None)
     victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed)
     gateway = Gateway(build_service(victim, device=device), Ledger(args.ledger),
-                      Limits(max_body_bytes=int(args.max_body_mb * 2 ** 20), max_batch=args.max_batch))
+                      Limits(max_body_bytes=int(args.max_body_mb * 2 ** 20), max_batch=args.max_batch),
+                      batching=args.batching == "on", batch_wait=args.batch_wait_ms / 1000)
     print(f"serving {victim.path} ({victim.dataset}, {victim.image_size} px) on http://{args.host}:{args.port}; "
           f"ledger {args.ledger}", flush=True)
     uvicorn.run(build_app(gateway), host=args.host, port=args.port, log_level="warning")

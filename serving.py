@@ -109,14 +109,81 @@ def decode_images(body: dict, size: int, limits: Limits) -> torch.Tensor:
     return images
 
 
+class Batcher:
+    """Dynamic batching: concurrent requests' images go through the backend in one forward pass.
+
+    ``submit(x)`` (from any thread) queues a batch and blocks until its outputs are ready. One
+    worker thread takes the first waiting batch plus every batch queued behind it (those that
+    arrived while the previous pass ran), waiting up to ``max_wait`` seconds more for others
+    (0: no extra wait, so a lone client pays no latency), up to ``max_images`` images; it runs
+    ``backend.outputs`` once on all of them and hands each request its rows. ``enabled=False``
+    turns batching off: each request is its own forward pass.
+    """
+
+    def __init__(self, backend, *, enabled: bool = True, max_wait: float = 0.0, max_images: int = 256):
+        import queue
+
+        self.backend, self.enabled, self.max_wait, self.max_images = backend, enabled, max_wait, max_images
+        self.queue: "queue.Queue" = queue.Queue()
+        self.forward_passes = 0
+        self._direct = threading.Lock()
+        if enabled:
+            threading.Thread(target=self._work, name="batcher", daemon=True).start()
+
+    def submit(self, x: torch.Tensor) -> dict:
+        if not self.enabled:
+            with self._direct:
+                self.forward_passes += 1
+                return self.backend.outputs(x)
+        slot = {"x": x, "done": threading.Event()}
+        self.queue.put(slot)
+        slot["done"].wait()
+        if "error" in slot:
+            raise slot["error"]
+        return slot["outputs"]
+
+    def _work(self) -> None:
+        import queue
+        import time
+
+        while True:
+            group = [self.queue.get()]
+            size = group[0]["x"].shape[0]
+            deadline = time.perf_counter() + self.max_wait
+            while size < self.max_images:
+                left = deadline - time.perf_counter()
+                try:
+                    slot = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                group.append(slot)
+                size += slot["x"].shape[0]
+            try:
+                outputs = self.backend.outputs(torch.cat([slot["x"] for slot in group]))
+                self.forward_passes += 1
+                start = 0
+                for slot in group:
+                    n = slot["x"].shape[0]
+                    slot["outputs"] = {k: v[start:start + n] for k, v in outputs.items()}
+                    start += n
+            except Exception as err:  # every waiting request gets the error, the worker lives on
+                for slot in group:
+                    slot["error"] = err
+            for slot in group:
+                slot["done"].set()
+
+
 class Gateway:
     """The HTTP-independent part of the server: authenticate, validate, answer, record. The
     FastAPI app (:func:`build_app`) only moves bytes in and out of it."""
 
-    def __init__(self, service, ledger: Ledger, limits: Limits = Limits()):
+    def __init__(self, service, ledger: Ledger, limits: Limits = Limits(), *, batching: bool = True,
+                 batch_wait: float = 0.0):
         self.service, self.ledger, self.limits = service, ledger, limits
         self.size = int(service.info().get("input_size") or 0)
-        self._lock = threading.Lock()  # one forward pass at a time (the defenses' state is per process)
+        self.batcher = Batcher(service.backend, enabled=batching, max_wait=batch_wait,
+                               max_images=max(limits.max_batch, 256))
+        self._lock = threading.Lock()  # the defenses' per-account state: one request at a time
 
     def account(self, authorization: Optional[str]):
         scheme, _, key = (authorization or "").partition(" ")
@@ -148,7 +215,10 @@ class Gateway:
             raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
                                     f"{account.budget} ({account.used} used)")
         with self._lock:
-            answers = self.service.answer(account.name, images)
+            x = self.service.admit(account.name, images)
+        outputs = self.batcher.submit(x)  # gathered with other requests into one forward pass
+        with self._lock:
+            answers = self.service.finish(account.name, x, outputs)
         try:  # recorded (with the budget checked again, atomically) before the answers leave
             after = self.ledger.record(account.name, n, image_hashes(images))
         except QueryBudgetExceeded as err:

@@ -105,7 +105,7 @@ NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused", "temperature_unused",
                      "pretrain_lr", "moco_t", "lr_head", "distill_temperature", "max_body_mb"], _POS),
     **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused",
-                     "watermark_weight", "pretrain_wd", "lr_encoder"], _NONNEG),
+                     "watermark_weight", "pretrain_wd", "lr_encoder", "batch_wait_ms"], _NONNEG),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
     **dict.fromkeys(["crop_min_scale", "distill_crop_min_scale", "query_fraction"], Numeric(float, 0, 1, low_open=True)),
     "moco_m": Numeric(float, 0, 1),

@@ -158,6 +158,13 @@ class VictimService:
 
     def answer(self, account: str, images: torch.Tensor, proof: Optional[dict] = None) -> torch.Tensor:
         """Answers for a batch (uint8, or float in [0, 1], ``B x 3 x S x S``); every image is one query."""
+        x = self.admit(account, images, proof)
+        return self.finish(account, x, self.backend.outputs(x))
+
+    def admit(self, account: str, images: torch.Tensor, proof: Optional[dict] = None) -> torch.Tensor:
+        """The first half of :meth:`answer`: the budget check and each defense's ``admit``; returns the
+        float batch for the backend. A server that gathers several requests into one forward pass
+        (``serving.Batcher``) calls this, the backend, then :meth:`finish` for each request."""
         acc = self.account(account)
         n = images.shape[0]
         if acc.budget is not None and acc.used + n > acc.budget:
@@ -166,11 +173,16 @@ class VictimService:
         x = to_float(images)
         for defense in self.defenses:
             defense.admit(account, x, acc.state.setdefault(defense.name, {}), proof)
-        outputs = self.backend.outputs(x)
+        return x
+
+    def finish(self, account: str, x: torch.Tensor, outputs: dict) -> torch.Tensor:
+        """The second half of :meth:`answer`: the answers from the backend's ``outputs`` on ``x``,
+        through each defense's ``apply``, and the account's counters."""
+        acc = self.account(account)
         answers = outputs[self.answers]
         for defense in self.defenses:
             answers = defense.apply(account, x, answers, acc.state[defense.name], outputs=outputs)
-        acc.used += n
+        acc.used += x.shape[0]
         acc.requests += 1
         return answers
 

@@ -47,7 +47,7 @@ EXPECTED = {
                    (False, False)),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "pow_bits_min", "pow_bits_max", "weight_decay",
                      "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p", "momentum", "probe_wd", "sigma_unused",
-                     "watermark_weight", "start_epoch", "gpu", "pretrain_wd", "lr_encoder", "moco_m"],
+                     "watermark_weight", "start_epoch", "gpu", "pretrain_wd", "lr_encoder", "moco_m", "batch_wait_ms"],
                    (True, False)),
     **dict.fromkeys(["world_size", "rank"], (True, True)),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "pow_threshold", "mu_unused"], (True, True)),

@@ -246,3 +246,29 @@ def test_sigkill_mid_load_then_restart_loses_no_answered_query(server, tmp_path)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_batcher_gathers_concurrent_requests_into_one_forward_pass(server):
+    from serving import Batcher
+
+    backend = build_service(load_victim(str(server["victim"]))).backend
+    batcher = Batcher(backend, max_wait=0.2, max_images=64)  # a long window, so all 8 meet
+    xs = [images(n, seed=s).float() / 255 for s, n in enumerate((1, 2, 3, 1, 2, 3, 1, 2))]
+    results = [None] * len(xs)
+
+    def ask(i):
+        results[i] = batcher.submit(xs[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batcher.forward_passes < len(xs)  # gathered (8 requests inside the 0.2 s window)
+    for x, out in zip(xs, results):  # each request gets its own rows
+        alone = backend.outputs(x)["representation"]
+        assert out["representation"].shape == alone.shape
+        assert torch.allclose(out["representation"], alone, atol=1e-5)
+    direct = Batcher(backend, enabled=False)
+    assert torch.equal(direct.submit(xs[0])["representation"], backend.outputs(xs[0])["representation"])
+    assert direct.forward_passes == 1

@@ -1,0 +1,117 @@
+"""Benchmark: the HTTP victim service under concurrent clients, with and without dynamic batching.
+
+Starts serve.py twice on a throwaway ledger (``--batching on`` and ``--batching off``),
+then for 1, 8 and 32 concurrent clients sends ``--requests`` requests per client of
+``--images`` image(s) each and prints requests/s, images/s and the p50/p99 latency, and the
+speed-up batching gives at each concurrency. All in one run, same victim and machine.
+Usage: python bench/serve_bench.py [--victim-checkpoint CKPT] [--requests 40] [--images 1] [--wait-ms 0]
+(default victim: run.py's default run, ``python run.py --dataset mnistm5k`` makes it)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from client import HTTPConnection  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from victim import load_victim  # noqa: E402
+
+
+def start(victim: str, ledger: str, batching: str, wait_ms: float) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--victim-checkpoint", victim, "--ledger", ledger,
+                             "--port", str(port), "--batching", batching, "--batch-wait-ms", str(wait_ms),
+                             "--device", "cpu"],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("serve.py did not start")
+
+
+def load(url: str, key: str, clients: int, requests: int, n: int, size: int) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+
+    def client():
+        http = HTTPConnection(url, key)
+        mine = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            http.answer(x)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    return {"req_s": len(latencies) / wall, "img_s": len(latencies) * n / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--victim-checkpoint", default=None, help="the victim (default: run.py's default run)")
+    p.add_argument("--requests", type=int, default=40, help="requests per client")
+    p.add_argument("--images", type=int, default=1, help="images per request")
+    p.add_argument("--wait-ms", type=float, default=0.0, help="serve.py --batch-wait-ms with batching")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
+    args = p.parse_args(argv)
+    victim = load_victim(args.victim_checkpoint)
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = str(Path(tmp) / "bench.db")
+        key = Ledger(ledger).create_account("bench")
+        for label, batching in (("batching", "on"), ("no batching", "off")):
+            proc, url = start(str(victim.path), ledger, batching, args.wait_ms)
+            try:
+                for c in args.clients:
+                    results[(label, c)] = load(url, key, c, args.requests, args.images, victim.image_size)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    print(f"victim {victim.path} ({victim.encoder.arch} w{victim.encoder.width}, {victim.image_size} px), "
+          f"{args.requests} requests of {args.images} image(s) per client, CPU, torch threads "
+          f"{torch.get_num_threads()}\n")
+    print("| server | clients | requests/s | images/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for (label, c), r in results.items():
+        print(f"| {label} | {c} | {r['req_s']:.0f} | {r['img_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    print()
+    for c in args.clients:
+        print(f"batching speed-up at {c} client(s): "
+              f"{results[('batching', c)]['img_s'] / results[('no batching', c)]['img_s']:.2f}x images/s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
