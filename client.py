@@ -126,10 +126,11 @@ class HTTPConnection:
         self.url, self.api_key = url.rstrip("/"), api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.requests = 0
+        self.puzzles, self.pow_hashes, self.pow_seconds = 0, 0, 0.0
         self.info = self._call("GET", "/v1/info")
         self.out_dim = int(self.info["out_dim"])
 
-    def _call(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+    def _call(self, method: str, path: str, body: Optional[dict] = None, puzzle_out: Optional[dict] = None) -> dict:
         import http.client
         import json
         import time
@@ -148,14 +149,18 @@ class HTTPConnection:
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
                 try:
-                    message = json.loads(err.read()).get("error", err.reason)
+                    reply = json.loads(err.read())
+                    message = reply.get("error", err.reason)
                 except ValueError:
-                    message = str(err.reason)
+                    reply, message = {}, str(err.reason)
                 if err.code in (429, 503) and attempt < self.retries:
                     time.sleep(self.backoff * 2 ** attempt)
                     continue
                 if err.code == 402:
                     raise QueryBudgetExceeded(f"{self.url}: {message}") from None
+                if err.code == 428 and puzzle_out is not None:  # a proof of work is asked for
+                    puzzle_out.update(reply.get("puzzle") or {})
+                    return {}
                 raise UserError(f"{self.url}{path} refused the request ({err.code}): {message}") from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
                 # refused, reset or cut off mid-reply (a server that died): retried, then one sentence
@@ -174,6 +179,50 @@ class HTTPConnection:
     def answer(self, images: torch.Tensor) -> torch.Tensor:
         from serving import decode_array, encode_array
 
+        import time
+
+        from defenses.pow import Puzzle, solve
+
         x = images if images.dtype == torch.uint8 else (to_float(images) * 255).round().clamp(0, 255).to(torch.uint8)
-        reply = self._call("POST", "/v1/embeddings", {"format": "uint8", **encode_array(x)})
+        body = {"format": "uint8", **encode_array(x)}
+        puzzle: dict = {}
+        reply = self._call("POST", "/v1/embeddings", body, puzzle_out=puzzle)
+        if puzzle:  # the service's proof-of-work defense: solve here (the customer's cost), send again
+            t0 = time.perf_counter()
+            nonce, hashes = solve(Puzzle(puzzle["challenge"], int(puzzle["bits"])))
+            self.pow_seconds += time.perf_counter() - t0
+            self.pow_hashes += hashes
+            self.puzzles += 1
+            reply = self._call("POST", "/v1/embeddings", {**body, "proof": {"challenge": puzzle["challenge"],
+                                                                          "nonce": nonce}})
         return decode_array(reply, reply.get("dtype", "float32")).to(images.device)
+
+    def costs(self) -> dict:
+        """What the proof-of-work defense cost this customer (as :meth:`victim.Connection.costs`)."""
+        return {"pow_puzzles": self.puzzles, "pow_hashes": self.pow_hashes, "pow_seconds": round(self.pow_seconds, 4)}
+
+
+class SybilConnection:
+    """One attacker behind several accounts (a Sybil attack on per-account defenses): every batch is
+    split into near-equal parts, one per account, sent through each account's own connection,
+    and the answers are put back in order. Budgets, similar-query histories and proof-of-work
+    difficulty are per account on the service, so each account sees only its share."""
+
+    def __init__(self, connections: Sequence):
+        if not connections:
+            raise ValueError("a Sybil connection needs at least one account's connection")
+        self.connections = list(connections)
+        self.info, self.out_dim = self.connections[0].info, self.connections[0].out_dim
+        if any(c.out_dim != self.out_dim for c in self.connections):
+            raise ValueError("the accounts answer with different output sizes: they are not the same service")
+
+    def answer(self, images: torch.Tensor) -> torch.Tensor:
+        parts = torch.tensor_split(torch.arange(images.shape[0]), min(len(self.connections), images.shape[0]))
+        return torch.cat([conn.answer(images[idx]) for conn, idx in zip(self.connections, parts)])
+
+    def costs(self) -> dict:
+        totals: dict = {}
+        for conn in self.connections:
+            for key, value in getattr(conn, "costs", dict)().items():
+                totals[key] = totals.get(key, 0) + value
+        return totals

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with batching, wait up to this long for more requests before a pass (0: none, so a "
                         "lone client pays no latency)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    from defenses import add_defense_args
+
+    add_defense_args(p)
     return apply_numeric_rules(p)
 
 
@@ -80,11 +83,15 @@ def main(argv=None):
 
     device = pick_device(args.device, None)
     victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed)
-    gateway = Gateway(build_service(victim, device=device), Ledger(args.ledger),
+    from defenses import build_defenses
+    from utils import scale_of
+
+    defenses = build_defenses(vars(args), scale_of(victim.dataset, None))
+    gateway = Gateway(build_service(victim, defenses=defenses, device=device), Ledger(args.ledger),
                       Limits(max_body_bytes=int(args.max_body_mb * 2 ** 20), max_batch=args.max_batch),
                       batching=args.batching == "on", batch_wait=args.batch_wait_ms / 1000)
     print(f"serving {victim.path} ({victim.dataset}, {victim.image_size} px) on http://{args.host}:{args.port}; "
-          f"ledger {args.ledger}", flush=True)
+          f"ledger {args.ledger}; defenses: {', '.join(d.name for d in defenses) or 'none'}", flush=True)
     uvicorn.run(build_app(gateway), host=args.host, port=args.port, log_level="warning")
 
 

@@ -16,7 +16,9 @@ hashed). A batch is validated first (body size, batch size, dtype, shape, PNG di
 before decoding: no decompression bombs), then answered, then recorded in the ledger in one
 transaction with the budget check, and only then sent: a refused request counts nothing, and
 an answered one is always in the ledger. Status codes: 400 malformed, 401 key, 402 budget,
-413 too large, 422 wrong shape or type.
+403 a wrong proof of work, 413 too large, 422 wrong shape or type, 428 a proof of work is
+required (the body carries ``"puzzle": {"challenge", "bits"}``; the client solves it and sends
+the batch again with ``"proof": {"challenge", "nonce"}``).
 """
 
 import base64
@@ -30,7 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from errors import QueryBudgetExceeded
+from errors import ProofRequired, QueryBudgetExceeded, UserError
 from ledger import AuthError, Ledger, image_hashes
 
 
@@ -44,9 +46,9 @@ class Limits:
 class RequestError(Exception):
     """A refused request: its HTTP status and one sentence."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, **extra):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.extra = status, message, extra
 
 
 def encode_array(x: torch.Tensor) -> dict:
@@ -210,12 +212,22 @@ class Gateway:
         if not isinstance(payload, dict):
             raise RequestError(400, "the body must be a JSON object")
         images = decode_images(payload, self.size, self.limits)
+        proof = payload.get("proof")
+        if proof is not None and not (isinstance(proof, dict) and isinstance(proof.get("challenge"), str)
+                                      and isinstance(proof.get("nonce"), int)):
+            raise RequestError(400, "'proof' must be {\"challenge\": <hex string>, \"nonce\": <int>}")
         n = images.shape[0]
         if account.budget is not None and account.used + n > account.budget:
             raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
                                     f"{account.budget} ({account.used} used)")
         with self._lock:
-            x = self.service.admit(account.name, images)
+            try:
+                x = self.service.admit(account.name, images, proof)
+            except ProofRequired as request:  # 428 with the puzzle; solved and sent again with "proof"
+                raise RequestError(428, "proof of work required: send the batch again with 'proof'",
+                                   puzzle={"challenge": request.puzzle.challenge, "bits": request.puzzle.bits})
+            except UserError as err:  # a wrong or stale proof
+                raise RequestError(403, f"proof of work refused: {err}") from None
         outputs = self.batcher.submit(x)  # gathered with other requests into one forward pass
         with self._lock:
             answers = self.service.finish(account.name, x, outputs)
@@ -237,7 +249,7 @@ def build_app(gateway: Gateway):
         try:
             return JSONResponse(fn(*args))
         except RequestError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status)
+            return JSONResponse({"error": err.message, **err.extra}, status_code=err.status)
 
     @app.get("/healthz")
     def healthz():

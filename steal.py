@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--victim-url", default=None,
                    help="steal the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a checkpoint; "
                         "the dataset, input size and architecture come from its /v1/info")
-    g.add_argument("--api-key", default=None, help="the account's API key for --victim-url")
+    g.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                   help="the account's API key for --victim-url; repeat it to spread the queries over several "
+                        "accounts (a Sybil attack: each batch is split evenly between them)")
     add_defense_args(p)
     add_reference_args(p, "entropy")
     add_common_args(p)
@@ -139,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def http_victim(config: dict) -> tuple:
-    """``--victim-url``: a connection to a victim served over HTTP and what its published card says."""
-    from client import HTTPConnection
+    """``--victim-url``: a connection to a victim served over HTTP (through several accounts when
+    ``--api-key`` is repeated) and what its published card says."""
+    from client import HTTPConnection, SybilConnection
     from utils import scale_of
 
     if not config["api_key"]:
@@ -148,7 +151,8 @@ def http_victim(config: dict) -> tuple:
     if config["victimhead"] or config["watermark"] or config["victim_checkpoint"]:
         raise UserError("--victim-url steals a served victim: --victimhead, --watermark and --victim-checkpoint "
                         "are the owner's side and do not apply")
-    connection = HTTPConnection(config["victim_url"], config["api_key"])
+    accounts = [HTTPConnection(config["victim_url"], key) for key in config["api_key"]]
+    connection = accounts[0] if len(accounts) == 1 else SybilConnection(accounts)
     card = connection.info
     record = {"victim_checkpoint": config["victim_url"], "dataset": card["dataset"],
               "scale": scale_of(card["dataset"], config["scale"]), "arch": card["arch"], "width": card["width"],

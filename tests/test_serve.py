@@ -35,13 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(victim, ledger, port=None):
+def start_server(victim, ledger, port=None, extra=()):
     """serve.py in its own process; returns it and its URL once /healthz answers."""
     port = port or free_port()
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--victim-checkpoint", str(victim),
                              "--ledger", ledger, "--port", str(port), "--device", "cpu", "--max-batch", "64",
-                             "--max-body-mb", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--max-body-mb", "0.5", *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -272,3 +273,46 @@ def test_the_batcher_gathers_concurrent_requests_into_one_forward_pass(server):
     direct = Batcher(backend, enabled=False)
     assert torch.equal(direct.submit(xs[0])["representation"], backend.outputs(xs[0])["representation"])
     assert direct.forward_passes == 1
+
+
+def test_proof_of_work_crosses_the_wire(server, tmp_path):
+    """With the pow defense on, every batch is answered only after the client solved its puzzle; a
+    wrong nonce is refused (403) and counts nothing."""
+    ledger = str(tmp_path / "ledger.db")
+    key = serve.main(["accounts", "create", "p", "--ledger", ledger])
+    proc, url = start_server(server["victim"], ledger, extra=["--defenses", "pow", "--pow-bits-min", "2",
+                                                              "--pow-bits-max", "4"])
+    try:
+        http = HTTPConnection(url, key)
+        local = build_service(load_victim(str(server["victim"]))).connect("x")
+        for seed in range(3):
+            x = images(4, seed=seed)
+            assert torch.equal(http.answer(x), local.answer(x))
+        assert http.puzzles == 3 and http.pow_hashes >= 3 and http.costs()["pow_puzzles"] == 3
+        x = images(2, seed=9)
+        body = {"format": "uint8", "shape": [2, 3, 8, 8], "data": base64.b64encode(x.numpy().tobytes()).decode()}
+        code, reply = post(url, json.dumps(body).encode(), key)
+        assert code == 428 and set(reply["puzzle"]) == {"challenge", "bits"}
+        from defenses.pow import Puzzle, verify
+
+        puzzle = Puzzle(reply["puzzle"]["challenge"], reply["puzzle"]["bits"])
+        wrong = next(n for n in range(1000) if not verify(puzzle, n))
+        code, reply = post(url, json.dumps({**body, "proof": {"challenge": puzzle.challenge, "nonce": wrong}}).encode(),
+                           key)
+        assert code == 403 and "does not solve" in reply["error"]
+        assert Ledger(ledger).usage("p")["used"] == 12  # the refused batch counted nothing
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_several_accounts_share_one_attack(server, tmp_path):
+    import steal
+
+    ledger = Ledger(server["ledger"])
+    keys = [serve.main(["accounts", "create", f"sybil{i}", "--ledger", server["ledger"]]) for i in range(3)]
+    flags = ["--losstype", "mse", "--num_queries", "60", "--epochs", "1", "-b", "30", "--device", "cpu"]
+    steal.main(["--victim-url", server["url"], *[a for k in keys for a in ("--api-key", k)],
+                "--logdir", str(tmp_path / "s"), *flags])
+    used = [ledger.usage(f"sybil{i}")["used"] for i in range(3)]
+    assert used == [20, 20, 20]  # each account saw a third of every batch
