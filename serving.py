@@ -250,6 +250,8 @@ def build_app(gateway: Gateway):
             return JSONResponse(fn(*args))
         except RequestError as err:
             return JSONResponse({"error": err.message, **err.extra}, status_code=err.status)
+        except Exception as err:  # a fault of the service, not of the request: nothing was recorded
+            return JSONResponse({"error": f"internal error ({type(err).__name__}): {err}"}, status_code=500)
 
     @app.get("/healthz")
     def healthz():
