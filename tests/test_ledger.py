@@ -56,8 +56,8 @@ def test_budget_is_exhausted_exactly_and_a_refused_batch_writes_nothing(tmp_path
     assert image_hashes(images[:1]) != image_hashes(images[1:2])
 
 
-def _hammer(path, name, requests, seed, out):
-    """A client process: ``requests`` batches of 1-3 queries; puts the sum it was granted."""
+def _spend(path, name, requests, seed) -> int:
+    """A client with its own connection: ``requests`` batches of 1-3 queries; the queries granted."""
     ledger = Ledger(path)
     gen = torch.Generator().manual_seed(seed)
     granted = 0
@@ -68,7 +68,12 @@ def _hammer(path, name, requests, seed, out):
             granted += n
         except QueryBudgetExceeded:
             pass
-    out.put(granted)
+    return granted
+
+
+def _hammer(path, name, requests, seed, out):
+    """A client process: puts the queries it was granted."""
+    out.put(_spend(path, name, requests, seed))
 
 
 def test_concurrent_threads_never_pass_the_budget(tmp_path):
@@ -80,16 +85,7 @@ def test_concurrent_threads_never_pass_the_budget(tmp_path):
     lock = threading.Lock()
 
     def client(seed, name):
-        mine = Ledger(path)
-        gen = torch.Generator().manual_seed(seed)
-        total = 0
-        for _ in range(200):
-            n = int(torch.randint(1, 4, (1,), generator=gen))
-            try:
-                mine.record(name, n)
-                total += n
-            except QueryBudgetExceeded:
-                pass
+        total = _spend(path, name, 200, seed)
         with lock:
             granted.append((name, total))
 
