@@ -154,7 +154,7 @@ class HTTPConnection:
                 except ValueError:
                     reply, message = {}, str(err.reason)
                 if err.code in (429, 503) and attempt < self.retries:
-                    time.sleep(self.backoff * 2 ** attempt)
+                    time.sleep(max(float(reply.get("retry_after") or 0.0), self.backoff * 2 ** attempt))
                     continue
                 if err.code == 402:
                     raise QueryBudgetExceeded(f"{self.url}: {message}") from None

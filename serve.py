@@ -14,8 +14,7 @@ OpenAPI docs at ``/docs``.
 
 Concurrent requests are gathered into one forward pass (``--batching``, ``--batch-wait-ms``);
 with batching an answer can differ from a lone forward pass in the last bits of a float (the
-kernels depend on the batch size). Not yet served: the serving-side defenses' proof of work
-over the wire, rate limits (stored per account, not enforced yet), head access.
+kernels depend on the batch size). Not yet served: head access.
 """
 from __future__ import annotations
 
@@ -35,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="account name: letters, digits, '-' and '_'")
     create.add_argument("--budget", type=int, default=None, help="queries the account may spend (default: unlimited)")
     create.add_argument("--head-access", action="store_true", help="may ask for projection-head outputs")
-    create.add_argument("--rate-limit", type=float, default=None, help="requests per second (stored)")
+    create.add_argument("--rate-limit", type=float, default=None,
+                        help="requests per second (a token bucket of one second; over it: 429 with retry_after)")
     for q in (create, acc_sub.add_parser("list", help="every account and its usage")):
         q.add_argument("--ledger", dest="sub_ledger", default=None, help="the ledger (overrides the main --ledger)")
     p.add_argument("--victim-checkpoint", default=None, help="the victim encoder's checkpoint (run.py's default "

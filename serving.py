@@ -16,7 +16,8 @@ hashed). A batch is validated first (body size, batch size, dtype, shape, PNG di
 before decoding: no decompression bombs), then answered, then recorded in the ledger in one
 transaction with the budget check, and only then sent: a refused request counts nothing, and
 an answered one is always in the ledger. Status codes: 400 malformed, 401 key, 402 budget,
-403 a wrong proof of work, 413 too large, 422 wrong shape or type, 428 a proof of work is
+403 a wrong proof of work, 413 too large, 422 wrong shape or type, 429 over the account's rate
+limit (``retry_after`` seconds in the body), 428 a proof of work is
 required (the body carries ``"puzzle": {"challenge", "bits"}``; the client solves it and sends
 the batch again with ``"proof": {"challenge", "nonce"}``).
 """
@@ -186,6 +187,26 @@ class Gateway:
         self.batcher = Batcher(service.backend, enabled=batching, max_wait=batch_wait,
                                max_images=max(limits.max_batch, 256))
         self._lock = threading.Lock()  # the defenses' per-account state: one request at a time
+        self._buckets: dict[str, list[float]] = {}  # account -> [tokens, last refill time]
+        self._bucket_lock = threading.Lock()
+
+    def throttle(self, account) -> None:
+        """The account's rate limit (requests per second, a token bucket holding one second's worth):
+        a request over it is refused with 429 before anything is decoded or counted."""
+        if account.rate_limit is None:
+            return
+        import time
+
+        rate, now = float(account.rate_limit), time.monotonic()
+        with self._bucket_lock:
+            tokens, last = self._buckets.get(account.name, [max(1.0, rate), now])
+            tokens = min(max(1.0, rate), tokens + (now - last) * rate)
+            if tokens < 1.0:
+                self._buckets[account.name] = [tokens, now]
+                wait = (1.0 - tokens) / rate
+                raise RequestError(429, f"account {account.name!r} is limited to {rate:g} requests per second; "
+                                        f"retry in {wait:.2f} s", retry_after=round(wait, 3))
+            self._buckets[account.name] = [tokens - 1.0, now]
 
     def account(self, authorization: Optional[str]):
         scheme, _, key = (authorization or "").partition(" ")
@@ -203,6 +224,7 @@ class Gateway:
 
     def embeddings(self, authorization: Optional[str], body: bytes) -> dict:
         account = self.account(authorization)
+        self.throttle(account)
         if len(body) > self.limits.max_body_bytes:
             raise RequestError(413, f"the body is {len(body)} bytes; the limit is {self.limits.max_body_bytes}")
         try:

@@ -316,3 +316,22 @@ def test_several_accounts_share_one_attack(server, tmp_path):
                 "--logdir", str(tmp_path / "s"), *flags])
     used = [ledger.usage(f"sybil{i}")["used"] for i in range(3)]
     assert used == [20, 20, 20]  # each account saw a third of every batch
+
+
+def test_rate_limits_refuse_with_429_and_the_client_waits(server):
+    key = serve.main(["accounts", "create", "slow", "--ledger", server["ledger"], "--rate-limit", "4"])
+    x = images(1)
+    body = json.dumps({"format": "uint8", "shape": [1, 3, 8, 8],
+                       "data": base64.b64encode(x.numpy().tobytes()).decode()}).encode()
+    codes = [post(server["url"], body, key)[0] for _ in range(10)]
+    assert codes[:4] == [200] * 4 and 429 in codes[4:]  # a bucket of 4, then refusals
+    used = Ledger(server["ledger"]).usage("slow")["used"]
+    assert used == codes.count(200)  # refusals count nothing
+    code, reply = post(server["url"], body, key)
+    assert code == 429 and reply["retry_after"] > 0 and "4 requests per second" in reply["error"]
+    http = HTTPConnection(server["url"], key, retries=8, backoff=0.05)
+    t0 = time.time()
+    for _ in range(8):  # the client backs off as told and gets every answer
+        http.answer(x)
+    # at most a full bucket (4) goes at once; the other 4 wait a quarter second each at least
+    assert Ledger(server["ledger"]).usage("slow")["used"] == used + 8 and time.time() - t0 > 0.9
