@@ -18,13 +18,19 @@ paying customer does:
 """
 from __future__ import annotations
 
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Hashable, Optional, Protocol, Sequence
 
 import torch
 
 from data_aug import to_float
-from errors import QueryBudgetExceeded
+from defenses.pow import ProofPayer, Puzzle
+from errors import QueryBudgetExceeded, UserError
 from utils import append_jsonl
 
 
@@ -112,7 +118,7 @@ class QueryClient:
         return record
 
 
-class HTTPConnection:
+class HTTPConnection(ProofPayer):
     """A customer's handle on a victim served over HTTP (``serve.py``): the same ``answer(images)``,
     ``out_dim`` and ``info`` as an in-process :class:`victim.Connection`, so no attack changes.
 
@@ -123,22 +129,14 @@ class HTTPConnection:
     """
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 120.0, retries: int = 5, backoff: float = 0.5):
+        super().__init__()
         self.url, self.api_key = url.rstrip("/"), api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.requests = 0
-        self.puzzles, self.pow_hashes, self.pow_seconds = 0, 0, 0.0
         self.info = self._call("GET", "/v1/info")
         self.out_dim = int(self.info["out_dim"])
 
     def _call(self, method: str, path: str, body: Optional[dict] = None, puzzle_out: Optional[dict] = None) -> dict:
-        import http.client
-        import json
-        import time
-        import urllib.error
-        import urllib.request
-
-        from errors import UserError
-
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         for attempt in range(self.retries + 1):
@@ -177,29 +175,17 @@ class HTTPConnection:
         return self._call("GET", "/v1/usage")
 
     def answer(self, images: torch.Tensor) -> torch.Tensor:
-        from serving import decode_array, encode_array
-
-        import time
-
-        from defenses.pow import Puzzle, solve
+        from serving import decode_array, encode_array  # the wire format (serving imports FastAPI lazily)
 
         x = images if images.dtype == torch.uint8 else (to_float(images) * 255).round().clamp(0, 255).to(torch.uint8)
         body = {"format": "uint8", **encode_array(x)}
         puzzle: dict = {}
         reply = self._call("POST", "/v1/embeddings", body, puzzle_out=puzzle)
         if puzzle:  # the service's proof-of-work defense: solve here (the customer's cost), send again
-            t0 = time.perf_counter()
-            nonce, hashes = solve(Puzzle(puzzle["challenge"], int(puzzle["bits"])))
-            self.pow_seconds += time.perf_counter() - t0
-            self.pow_hashes += hashes
-            self.puzzles += 1
+            nonce = self.pay(Puzzle(puzzle["challenge"], int(puzzle["bits"])))
             reply = self._call("POST", "/v1/embeddings", {**body, "proof": {"challenge": puzzle["challenge"],
                                                                           "nonce": nonce}})
         return decode_array(reply, reply.get("dtype", "float32")).to(images.device)
-
-    def costs(self) -> dict:
-        """What the proof-of-work defense cost this customer (as :meth:`victim.Connection.costs`)."""
-        return {"pow_puzzles": self.puzzles, "pow_hashes": self.pow_hashes, "pow_seconds": round(self.pow_seconds, 4)}
 
 
 class SybilConnection:

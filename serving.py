@@ -26,7 +26,9 @@ import base64
 import binascii
 import io
 import json
+import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -124,8 +126,6 @@ class Batcher:
     """
 
     def __init__(self, backend, *, enabled: bool = True, max_wait: float = 0.0, max_images: int = 256):
-        import queue
-
         self.backend, self.enabled, self.max_wait, self.max_images = backend, enabled, max_wait, max_images
         self.queue: "queue.Queue" = queue.Queue()
         self.forward_passes = 0
@@ -146,9 +146,6 @@ class Batcher:
         return slot["outputs"]
 
     def _work(self) -> None:
-        import queue
-        import time
-
         while True:
             group = [self.queue.get()]
             size = group[0]["x"].shape[0]
@@ -195,8 +192,6 @@ class Gateway:
         a request over it is refused with 429 before anything is decoded or counted."""
         if account.rate_limit is None:
             return
-        import time
-
         rate, now = float(account.rate_limit), time.monotonic()
         with self._bucket_lock:
             tokens, last = self._buckets.get(account.name, [max(1.0, rate), now])

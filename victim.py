@@ -27,7 +27,6 @@ budget, cache and log in :class:`client.QueryClient`.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_aug import DATASETS, dataset_info, to_float
-from defenses.pow import solve
+from defenses.pow import ProofPayer
 from errors import ProofRequired, QueryBudgetExceeded, UserError  # noqa: F401  (ProofRequired: re-exported)
 from models import load_encoder
 from utils import DEFAULT_DATASET, victim_run_dir
@@ -192,7 +191,7 @@ class VictimService:
         return Connection(self, account)
 
 
-class Connection:
+class Connection(ProofPayer):
     """A customer's handle on an in-process service: ``answer(images)``, ``out_dim``, ``info``.
 
     It is the transport, the part an HTTP client replaces: it sends a batch, and when the
@@ -201,27 +200,18 @@ class Connection:
     """
 
     def __init__(self, service: VictimService, account: str):
+        super().__init__()
         self.service, self.account = service, account
         self.info = service.info()
         self.out_dim = self.info["out_dim"]
-        self.pow_hashes = 0
-        self.pow_seconds = 0.0
-        self.puzzles = 0
 
     def answer(self, images: torch.Tensor) -> torch.Tensor:
         try:
             return self.service.answer(self.account, images)
         except ProofRequired as request:
-            t0 = time.perf_counter()
-            nonce, hashes = solve(request.puzzle)
-            self.pow_seconds += time.perf_counter() - t0
-            self.pow_hashes += hashes
-            self.puzzles += 1
+            nonce = self.pay(request.puzzle)
             return self.service.answer(self.account, images,
                                        proof={"challenge": request.puzzle.challenge, "nonce": nonce})
-
-    def costs(self) -> dict:
-        return {"pow_puzzles": self.puzzles, "pow_hashes": self.pow_hashes, "pow_seconds": round(self.pow_seconds, 4)}
 
 
 # --------------------------------------------------------------------------------------

@@ -154,3 +154,25 @@ def new_puzzle(bits: int, challenge: bytes | None = None) -> Puzzle:
     if not isinstance(challenge, (bytes, bytearray)):
         raise ValueError(f"the challenge must be bytes, got {type(challenge).__name__}")
     return Puzzle(challenge=bytes(challenge).hex(), bits=bits)
+
+
+class ProofPayer:
+    """The customer's side of the proof-of-work defense, shared by every connection (in-process
+    and HTTP): ``pay(puzzle)`` solves a puzzle and counts what it cost (puzzles, hashes,
+    seconds); ``costs()`` reports it for the query log."""
+
+    def __init__(self):
+        self.puzzles, self.pow_hashes, self.pow_seconds = 0, 0, 0.0
+
+    def pay(self, puzzle: Puzzle) -> int:
+        import time
+
+        t0 = time.perf_counter()
+        nonce, hashes = solve(puzzle)
+        self.pow_seconds += time.perf_counter() - t0
+        self.pow_hashes += hashes
+        self.puzzles += 1
+        return nonce
+
+    def costs(self) -> dict:
+        return {"pow_puzzles": self.puzzles, "pow_hashes": self.pow_hashes, "pow_seconds": round(self.pow_seconds, 4)}
