@@ -6,13 +6,8 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -25,35 +20,9 @@ from ledger import Ledger
 from utils import UserError
 from victim import build_service, load_victim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from serving_helpers import post, start_server
+
 TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(victim, ledger, port=None, extra=()):
-    """serve.py in its own process; returns it and its URL once /healthz answers."""
-    port = port or free_port()
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--victim-checkpoint", str(victim),
-                             "--ledger", ledger, "--port", str(port), "--device", "cpu", "--max-batch", "64",
-                             "--max-body-mb", "0.5", *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if json.loads(r.read())["ok"]:
-                    return proc, url
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the server did not start: {proc.stdout.read().decode()[-2000:]}")
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +36,6 @@ def server(tmp_path_factory):
     yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
     proc.terminate()
     proc.wait(timeout=30)
-
-
-def post(url, body: bytes, key=None, path="/v1/embeddings"):
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url + path, data=body, headers=headers), timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def images(n, seed=0, size=8):
