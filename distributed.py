@@ -250,6 +250,8 @@ def from_flags(config: dict) -> Dist:
         device = pick_device(f"cuda:{gpu}" if gpu is not None else config.get("device", "auto"),
                              config.get("gpu_index"))
         if device.type == "cuda":
+            if device.index is None:  # set_device needs an index: "cuda" means the current one
+                device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         return Dist(device=device)
     want_cuda = config.get("device", "auto") != "cpu" and torch.cuda.is_available()

@@ -9,8 +9,12 @@ but never an entry. One SQL database holds
   limit (requests per second, ``NULL`` = none) and expiry time;
 * ``batches``: one row per answered batch: account, time, number of images, the SHA-256 of
   each image's bytes and the defenses' decisions (JSON);
-* ``defense_state``: per account and defense, a JSON document (similar-query history, puzzle
-  difficulty), so per-account defenses survive a restart.
+* ``defense_state``: per account and defense, a JSON document of its counters (flagged queries,
+  the puzzle difficulty's deviation score, a puzzle waiting for its proof);
+* ``defense_rows``: the rows each answered batch added to a defense's history of the account's
+  answers (similar-query detection, the proof of work's deviation score), float32 bytes,
+  appended, never rewritten: so per-account defenses survive a restart whole, and a write
+  costs the batch, not the history.
 
 :meth:`Ledger.record` checks the budget, appends the batch and increments the account's
 counters in **one transaction** (SQLite ``BEGIN IMMEDIATE``: one writer at a time, others
@@ -63,6 +67,14 @@ SCHEMA = (
         defense TEXT NOT NULL,
         state TEXT NOT NULL,
         PRIMARY KEY (account, defense))""",
+    """CREATE TABLE IF NOT EXISTS defense_rows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts(name),
+        defense TEXT NOT NULL,
+        name TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        rows BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS defense_rows_account ON defense_rows(account, defense)",
 )
 
 
@@ -228,10 +240,16 @@ class Ledger:
     # ------------------------------------------------------------------ queries
 
     def record(self, name: str, count: int, input_hashes: Iterable[str] = (),
-               decisions: Optional[dict] = None) -> AccountRecord:
+               decisions: Optional[dict] = None, *, states: Optional[dict] = None,
+               rows: Optional[dict] = None) -> AccountRecord:
         """Count ``count`` queries of ``name`` and append their batch, in one transaction; refuse
         the whole batch (:class:`errors.QueryBudgetExceeded`, nothing written) if it would take the
-        account past its budget. Returns the account after the batch."""
+        account past its budget. Returns the account after the batch.
+
+        ``states`` (defense -> JSON-able dict) and ``rows`` ((defense, name) -> the ``N x D``
+        tensor of rows this batch added to that history) are the defenses' state after the
+        batch, written in the same transaction: the ledger never holds a batch without the
+        state it led to, nor the reverse."""
         if count < 1:
             raise ValueError(f"a batch holds at least one query, got {count}")
         hashes = list(input_hashes)
@@ -248,6 +266,13 @@ class Ledger:
             c.execute("INSERT INTO batches (account, time, count, input_hashes, decisions) VALUES (?, ?, ?, ?, ?)",
                       (name, time.time(), count, json.dumps(hashes), json.dumps(decisions or {})))
             c.execute("UPDATE accounts SET used = used + ?, requests = requests + 1 WHERE name = ?", (count, name))
+            for defense, state in (states or {}).items():
+                self._put_state(c, name, defense, state)
+            for (defense, key), tensor in (rows or {}).items():
+                if tensor.shape[0]:
+                    data = tensor.detach().float().cpu().contiguous().numpy().tobytes()
+                    c.execute("INSERT INTO defense_rows (account, defense, name, dim, rows) VALUES (?, ?, ?, ?, ?)",
+                              (name, defense, key, int(tensor.shape[1]), data))
         return AccountRecord(account.name, account.budget, account.used + count, account.requests + 1,
                              account.head_access, account.rate_limit, account.expires)
 
@@ -274,14 +299,26 @@ class Ledger:
 
     # ------------------------------------------------------------------ defense state
 
+    @staticmethod
+    def _put_state(c, name: str, defense: str, state: dict) -> None:
+        c.execute("INSERT INTO defense_state (account, defense, state) VALUES (?, ?, ?) "
+                  "ON CONFLICT (account, defense) DO UPDATE SET state = excluded.state",
+                  (name, defense, json.dumps(state)))
+
     def save_state(self, name: str, defense: str, state: dict) -> None:
-        """Keep a defense's per-account state (JSON-serialisable) across restarts."""
-        text = json.dumps(state)
+        """Keep a defense's per-account counters (JSON-serialisable) across restarts."""
         with self._transaction() as c:
-            c.execute("INSERT INTO defense_state (account, defense, state) VALUES (?, ?, ?) "
-                      "ON CONFLICT (account, defense) DO UPDATE SET state = excluded.state", (name, defense, text))
+            self._put_state(c, name, defense, state)
 
     def load_state(self, name: str, defense: str) -> dict:
         row = self._db().execute("SELECT state FROM defense_state WHERE account = ? AND defense = ?",
                                  (name, defense)).fetchone()
         return {} if row is None else json.loads(row[0])
+
+    def load_rows(self, name: str, defense: str) -> dict[str, torch.Tensor]:
+        """Each history of a defense for an account, its rows in the order they were answered."""
+        parts: dict[str, list] = {}
+        for key, dim, data in self._db().execute("SELECT name, dim, rows FROM defense_rows WHERE account = ? AND "
+                                                 "defense = ? ORDER BY id", (name, defense)):
+            parts.setdefault(key, []).append(torch.frombuffer(bytearray(data), dtype=torch.float32).view(-1, dim))
+        return {key: torch.cat(chunks) for key, chunks in parts.items()}

@@ -184,6 +184,7 @@ class Gateway:
         self.batcher = Batcher(service.backend, enabled=batching, max_wait=batch_wait,
                                max_images=max(limits.max_batch, 256))
         self._lock = threading.Lock()  # the defenses' per-account state: one request at a time
+        self._restored: set[str] = set()  # accounts whose defense state was read back from the ledger
         self._buckets: dict[str, list[float]] = {}  # account -> [tokens, last refill time]
         self._bucket_lock = threading.Lock()
 
@@ -210,12 +211,45 @@ class Gateway:
         except AuthError as err:
             raise RequestError(401, str(err)) from None
 
+    @staticmethod
+    def is_head(output: str) -> bool:
+        """Outputs of the projection head are sold only to accounts with head access."""
+        return "head" in output.split("+")
+
     def info(self, authorization: Optional[str]) -> dict:
-        self.account(authorization)
-        return self.service.info()
+        account = self.account(authorization)
+        info = self.service.info()
+        info["outputs"] = {name: dim for name, dim in info["outputs"].items()
+                           if account.head_access or not self.is_head(name)}
+        return info
 
     def usage(self, authorization: Optional[str]) -> dict:
         return self.ledger.usage(self.account(authorization).name)
+
+    # ------------------------------------------------------------------ defense state
+
+    def _restore(self, name: str) -> None:
+        """An account's defense state as the ledger left it (after a restart), once per process."""
+        if name in self._restored:
+            return
+        state = self.service.account(name).state
+        for defense in self.service.defenses:
+            scalars, histories = self.ledger.load_state(name, defense.name), self.ledger.load_rows(name, defense.name)
+            state.pop(defense.name, None)
+            if scalars or histories:
+                defense.restore(state.setdefault(defense.name, {}), scalars, histories)
+        self._restored.add(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop an account's in-memory defense state: the next request reloads it from the ledger."""
+        self._restored.discard(name)
+        self.service.account(name).state.clear()
+
+    def _snapshot(self, name: str) -> dict:
+        state = self.service.account(name).state
+        return {defense.name: defense.snapshot(state.get(defense.name, {})) for defense in self.service.defenses}
+
+    # ------------------------------------------------------------------ answering
 
     def embeddings(self, authorization: Optional[str], body: bytes) -> dict:
         account = self.account(authorization)
@@ -228,6 +262,16 @@ class Gateway:
             raise RequestError(400, f"the body is not JSON: {err}") from None
         if not isinstance(payload, dict):
             raise RequestError(400, "the body must be a JSON object")
+        output = payload.get("output")
+        if output is not None and not isinstance(output, str):
+            raise RequestError(400, "'output' must be the name of an output (see /v1/info's 'outputs')")
+        try:
+            output = self.service.output_name(output)
+        except UserError as err:
+            raise RequestError(422, str(err)) from None
+        if self.is_head(output) and not account.head_access:
+            raise RequestError(403, f"account {account.name!r} has no head access, so it cannot ask for "
+                                    f"{output!r}; ask the service's admin for an account with head access")
         images = decode_images(payload, self.size, self.limits)
         proof = payload.get("proof")
         if proof is not None and not (isinstance(proof, dict) and isinstance(proof.get("challenge"), str)
@@ -238,21 +282,42 @@ class Gateway:
             raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
                                     f"{account.budget} ({account.used} used)")
         with self._lock:
+            self._restore(account.name)
             try:
                 x = self.service.admit(account.name, images, proof)
             except ProofRequired as request:  # 428 with the puzzle; solved and sent again with "proof"
+                for defense, (scalars, _) in self._snapshot(account.name).items():
+                    self.ledger.save_state(account.name, defense, scalars)  # the puzzle outlives a restart
                 raise RequestError(428, "proof of work required: send the batch again with 'proof'",
                                    puzzle={"challenge": request.puzzle.challenge, "bits": request.puzzle.bits})
             except UserError as err:  # a wrong or stale proof
                 raise RequestError(403, f"proof of work refused: {err}") from None
         outputs = self.batcher.submit(x)  # gathered with other requests into one forward pass
-        with self._lock:
-            answers = self.service.finish(account.name, x, outputs)
-        try:  # recorded (with the budget checked again, atomically) before the answers leave
-            after = self.ledger.record(account.name, n, image_hashes(images))
-        except QueryBudgetExceeded as err:
-            raise RequestError(402, str(err)) from None
-        return {**encode_array(answers.float()), "used": after.used, "remaining": after.remaining}
+        with self._lock:  # the defenses' state and the ledger change together, one request at a time
+            now = self.ledger.account(account.name)
+            if now.budget is not None and now.used + n > now.budget:  # before any state changes
+                raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
+                                        f"{now.budget} ({now.used} used)")
+            before = {name: {key: rows.shape[0] for key, rows in histories.items()}
+                      for name, (_, histories) in self._snapshot(account.name).items()}
+            try:
+                answers = self.service.finish(account.name, x, outputs, output)
+                state = self.service.account(account.name).state
+                snapshot = self._snapshot(account.name)
+                rows = {(name, key): tensor[before[name].get(key, 0):]
+                        for name, (_, histories) in snapshot.items() for key, tensor in histories.items()}
+                decisions = {d.name: d.decision(state.get(d.name, {})) for d in self.service.defenses}
+                # recorded (with the budget checked again, atomically) before the answers leave
+                after = self.ledger.record(account.name, n, image_hashes(images), decisions,
+                                           states={name: scalars for name, (scalars, _) in snapshot.items()},
+                                           rows=rows)
+            except QueryBudgetExceeded as err:  # another server process on this ledger spent it first
+                self._forget(account.name)
+                raise RequestError(402, str(err)) from None
+            except BaseException:
+                self._forget(account.name)  # nothing was recorded: the ledger's state is the truth
+                raise
+        return {**encode_array(answers.float()), "output": output, "used": after.used, "remaining": after.remaining}
 
 
 def build_app(gateway: Gateway):

@@ -122,13 +122,16 @@ class VictimService:
     """Answers accounts' queries through a chain of defenses (see the module docstring)."""
 
     def __init__(self, backend, *, answers: str = "representation", defenses: Sequence = (),
-                 info: Optional[dict] = None):
-        if answers not in backend.out_dims:
-            raise UserError(f"this victim cannot answer {answers!r}: it has {', '.join(backend.out_dims)} "
-                            f"(a victim without a projection head cannot answer head outputs)")
+                 info: Optional[dict] = None, outputs: Optional[Sequence[str]] = None):
+        for name in [answers, *(outputs or ())]:
+            if name not in backend.out_dims:
+                raise UserError(f"this victim cannot answer {name!r}: it has {', '.join(backend.out_dims)} "
+                                f"(a victim without a projection head cannot answer head outputs)")
         self.backend, self.answers, self.defenses = backend, answers, list(defenses)
+        self.outputs = list(dict.fromkeys([answers, *(outputs or ())]))  # the default first
         self.accounts: dict[str, Account] = {}
-        self._info = {**(info or {}), "answers": answers, "out_dim": backend.out_dims[answers]}
+        self._info = {**(info or {}), "answers": answers, "out_dim": backend.out_dims[answers],
+                      "outputs": {name: backend.out_dims[name] for name in self.outputs}}
         if "+" in answers:
             self._info["parts"] = {part: backend.out_dims[part] for part in answers.split("+")}
         for defense in self.defenses:
@@ -155,10 +158,13 @@ class VictimService:
         return {"account": name, "used": acc.used, "requests": acc.requests, "budget": acc.budget,
                 "remaining": None if acc.budget is None else acc.budget - acc.used}
 
-    def answer(self, account: str, images: torch.Tensor, proof: Optional[dict] = None) -> torch.Tensor:
-        """Answers for a batch (uint8, or float in [0, 1], ``B x 3 x S x S``); every image is one query."""
+    def answer(self, account: str, images: torch.Tensor, proof: Optional[dict] = None,
+               output: Optional[str] = None) -> torch.Tensor:
+        """Answers for a batch (uint8, or float in [0, 1], ``B x 3 x S x S``); every image is one query.
+        ``output``: one of the offered outputs (default :attr:`answers`)."""
+        self.output_name(output)  # an output not offered is refused before anything is counted
         x = self.admit(account, images, proof)
-        return self.finish(account, x, self.backend.outputs(x))
+        return self.finish(account, x, self.backend.outputs(x), output)
 
     def admit(self, account: str, images: torch.Tensor, proof: Optional[dict] = None) -> torch.Tensor:
         """The first half of :meth:`answer`: the budget check and each defense's ``admit``; returns the
@@ -174,11 +180,20 @@ class VictimService:
             defense.admit(account, x, acc.state.setdefault(defense.name, {}), proof)
         return x
 
-    def finish(self, account: str, x: torch.Tensor, outputs: dict) -> torch.Tensor:
-        """The second half of :meth:`answer`: the answers from the backend's ``outputs`` on ``x``,
-        through each defense's ``apply``, and the account's counters."""
+    def output_name(self, output: Optional[str]) -> str:
+        """The output a request asks for (``None``: the default, :attr:`answers`), checked against
+        those the service offers (``outputs=``)."""
+        if output is None:
+            return self.answers
+        if output not in self.outputs:
+            raise UserError(f"this service does not answer {output!r}; it offers {', '.join(self.outputs)}")
+        return output
+
+    def finish(self, account: str, x: torch.Tensor, outputs: dict, output: Optional[str] = None) -> torch.Tensor:
+        """The second half of :meth:`answer`: the answers (``output``, default :attr:`answers`) from the
+        backend's ``outputs`` on ``x``, through each defense's ``apply``, and the account's counters."""
         acc = self.account(account)
-        answers = outputs[self.answers]
+        answers = outputs[self.output_name(output)]
         for defense in self.defenses:
             answers = defense.apply(account, x, answers, acc.state[defense.name], outputs=outputs)
         acc.used += x.shape[0]
@@ -299,14 +314,16 @@ def load_victim(path: Optional[str] = None, *, dataset: Optional[str] = None, se
 
 
 def build_service(victim: LoadedVictim, *, answers: str = "representation", defenses: Sequence = (),
-                  device: torch.device | str = "cpu") -> VictimService:
-    """A service answering ``answers`` of a loaded victim through ``defenses``.
+                  device: torch.device | str = "cpu", outputs: Optional[Sequence[str]] = None) -> VictimService:
+    """A service answering ``answers`` of a loaded victim through ``defenses`` (and, on request,
+    any of ``outputs``).
 
     The head is loaded whenever the checkpoint has one, so that a detector can watch head
-    outputs while the API answers representations; it is answered only with ``answers="head"``.
+    outputs while the API answers representations; it is answered only with ``answers="head"``
+    or when ``outputs`` offers it.
     """
     backend = EncoderBackend(victim.encoder, victim.head, device=device)
-    return VictimService(backend, answers=answers, defenses=defenses, info=victim.model_card())
+    return VictimService(backend, answers=answers, defenses=defenses, info=victim.model_card(), outputs=outputs)
 
 
 def add_victim_args(parser, *, head_flag: bool = True):

@@ -5,6 +5,7 @@ then for 1, 8 and 32 concurrent clients sends ``--requests`` requests per client
 ``--images`` image(s) each and prints requests/s, images/s and the p50/p99 latency, and the
 speed-up batching gives at each concurrency. All in one run, same victim and machine.
 Usage: python bench/serve_bench.py [--victim-checkpoint CKPT] [--requests 40] [--images 1] [--wait-ms 0]
+       [--device cpu|cuda]
 (default victim: run.py's default run, ``python run.py --dataset mnistm5k`` makes it)
 """
 from __future__ import annotations
@@ -31,14 +32,14 @@ from ledger import Ledger  # noqa: E402
 from victim import load_victim  # noqa: E402
 
 
-def start(victim: str, ledger: str, batching: str, wait_ms: float) -> tuple[subprocess.Popen, str]:
+def start(victim: str, ledger: str, batching: str, wait_ms: float, device: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--victim-checkpoint", victim, "--ledger", ledger,
                              "--port", str(port), "--batching", batching, "--batch-wait-ms", str(wait_ms),
-                             "--device", "cpu"],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                             "--device", device],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -85,6 +86,7 @@ def main(argv=None) -> dict:
     p.add_argument("--images", type=int, default=1, help="images per request")
     p.add_argument("--wait-ms", type=float, default=0.0, help="serve.py --batch-wait-ms with batching")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
+    p.add_argument("--device", default="cpu", help="the server's device (serve.py --device): cpu, cuda, auto")
     args = p.parse_args(argv)
     victim = load_victim(args.victim_checkpoint)
     results: dict = {}
@@ -92,7 +94,7 @@ def main(argv=None) -> dict:
         ledger = str(Path(tmp) / "bench.db")
         key = Ledger(ledger).create_account("bench")
         for label, batching in (("batching", "on"), ("no batching", "off")):
-            proc, url = start(str(victim.path), ledger, batching, args.wait_ms)
+            proc, url = start(str(victim.path), ledger, batching, args.wait_ms, args.device)
             try:
                 for c in args.clients:
                     results[(label, c)] = load(url, key, c, args.requests, args.images, victim.image_size)
@@ -100,8 +102,9 @@ def main(argv=None) -> dict:
                 proc.terminate()
                 proc.wait(timeout=30)
     print(f"victim {victim.path} ({victim.encoder.arch} w{victim.encoder.width}, {victim.image_size} px), "
-          f"{args.requests} requests of {args.images} image(s) per client, CPU, torch threads "
-          f"{torch.get_num_threads()}\n")
+          f"{args.requests} requests of {args.images} image(s) per client, server on {args.device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "
+          f"torch threads {torch.get_num_threads()}, batch wait {args.wait_ms:g} ms\n")
     print("| server | clients | requests/s | images/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
     for (label, c), r in results.items():

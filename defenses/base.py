@@ -19,6 +19,10 @@ class Defense:
     """
 
     name = ""
+    persist: tuple[str, ...] = ()
+    """The JSON-serialisable entries of the per-account state a server keeps across restarts
+    (its ledger's ``defense_state``); an entry that is a :class:`defenses.similarity.AnswerHistory`
+    is kept as well, row by row (``defense_rows``), so nothing here needs a growing history."""
 
     def prepare(self, service) -> None:
         pass
@@ -33,3 +37,25 @@ class Defense:
     def describe(self) -> dict:
         """The defense's settings, for config.yaml."""
         return {"name": self.name}
+
+    def decision(self, state: dict) -> dict:
+        """What this defense decided about the batch just answered, for the ledger's batch row."""
+        return {}
+
+    def snapshot(self, state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(the persisted scalars, {state key: its AnswerHistory's rows})`` of one account's state."""
+        from defenses.similarity import AnswerHistory
+
+        scalars = {key: state[key] for key in self.persist if key in state}
+        histories = {key: value.view() for key, value in state.items() if isinstance(value, AnswerHistory)}
+        return scalars, histories
+
+    def restore(self, state: dict, scalars: dict, histories: dict[str, torch.Tensor]) -> None:
+        """Rebuild one account's state from what :meth:`snapshot` gave (after a restart)."""
+        from defenses.similarity import AnswerHistory
+
+        state.update({key: scalars[key] for key in self.persist if key in scalars})
+        for key, rows in histories.items():
+            history = AnswerHistory(rows.shape[1])
+            history.append(rows)
+            state[key] = history

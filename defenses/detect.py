@@ -62,6 +62,7 @@ def is_similar(scores: torch.Tensor, metric: str, threshold: float) -> torch.Ten
 
 class SimilarQueryDetection(Defense):
     name = "detect"
+    persist = ("checked", "flagged")
 
     def __init__(self, on: str = "head", metric: str = "cosine", threshold: float = 0.6,
                  mu: float = 1000.0, sigma: float = 0.5, seed: int = 0, chunk: int = 8192):
@@ -101,6 +102,10 @@ class SimilarQueryDetection(Defense):
         answers = answers.clone()
         answers[flags.to(answers.device)] = noise.mul_(self.sigma).add_(self.mu).to(answers)
         return answers
+
+    def decision(self, state: dict) -> dict:
+        flags = state.get("last_flags")
+        return {} if flags is None else {"flagged": int(flags.sum())}
 
     def describe(self) -> dict:
         return {"name": self.name, "on": self.on, "metric": self.metric, "threshold": self.threshold,

@@ -18,6 +18,7 @@ class NoisePerturbation(Defense):
     """
 
     name = "noise"
+    persist = ("perturbed",)
 
     def __init__(self, mu: float = 5.0, sigma: float = 0.5, seed: int = 0):
         if not 0 <= sigma < float("inf"):

@@ -47,6 +47,7 @@ def batch_digest(images: torch.Tensor) -> str:
 
 class ProofOfWork(Defense):
     name = "pow"
+    persist = ("similar", "answered", "pending", "bits_paid", "expected_hashes")
 
     def __init__(self, bits_min: int = 0, bits_max: int = 12, on: str = "head", threshold: float = 0.9):
         if not (isinstance(bits_min, int) and isinstance(bits_max, int) and 0 <= bits_min <= bits_max <= 32):
@@ -95,6 +96,9 @@ class ProofOfWork(Defense):
         state["similar"] = state.get("similar", 0) + int((scores > self.threshold).sum())
         state["answered"] = state.get("answered", 0) + rep.shape[0]
         return answers
+
+    def decision(self, state: dict) -> dict:
+        return {"bits": state["bits_paid"][-1]} if state.get("bits_paid") else {}
 
     def describe(self) -> dict:
         return {"name": self.name, "bits_min": self.bits_min, "bits_max": self.bits_max, "on": self.on,

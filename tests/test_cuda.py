@@ -2,11 +2,14 @@
 probe, and stealsimsiam.py with bf16 autocast and channels_last, each compared with the same run
 on CPU.
 
-Tolerances (not yet measured on a GPU; the sessions that built this had none): fp32 CUDA and CPU
-kernels differ in summation order, so two short runs from the same seed drift apart slowly: the
-per-epoch losses of a 2-epoch run are expected within 5% (relative) of each other, probe accuracies
-of the resulting encoders within 10 points. bf16 autocast rounds activations to 8 bits of mantissa,
-so its losses are compared with a 10% tolerance.
+Tolerances, measured on an H100 (2026-11-24, torch 2.11): fp32 CUDA and CPU kernels differ in
+summation order, so two short runs from the same seed drift apart slowly. Victim training: the
+per-epoch losses of a 2-epoch run differed by at most 0.4% (relative); stealing the *same* victim
+on each device, 4 seeds: at most 0.7%. Both are checked within 5%. (Stealing two victims trained
+on different devices differed by 10%: the victims' answers differ, so the test steals one.) The
+stolen encoders' probe accuracies differed by 0.5 to 6 points over those seeds (the seeds' own
+spread on CPU: 65.5 to 75.5 %), checked within 15. bf16 autocast rounds activations to 8 bits of
+mantissa, so its losses are compared with a 10% tolerance.
 """
 import json
 
@@ -23,7 +26,7 @@ from models import build_encoder, load_checkpoint, save_simsiam
 from utils import read_jsonl
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("one_thread")]
-LOSS_TOLERANCE, BF16_TOLERANCE, PROBE_TOLERANCE = 0.05, 0.10, 10.0
+LOSS_TOLERANCE, BF16_TOLERANCE, PROBE_TOLERANCE = 0.05, 0.10, 15.0
 
 
 def _losses(run_dir):
@@ -35,14 +38,16 @@ def _close(a, b, tolerance):
 
 
 def test_victim_steal_probe_on_cuda_match_cpu(tmp_path):
-    results = {}
+    results, victims = {}, {}
     for device in ("cpu", "cuda"):
         victim_dir, steal_dir = tmp_path / f"victim_{device}", tmp_path / f"steal_{device}"
         torch.cuda.reset_peak_memory_stats()
-        ckpt = run_script.main(["--dataset", "digits", "--epochs", "2", "--width", "4", "-b", "64", "--amp", "off",
-                                "--device", device, "--logdir", str(victim_dir), "--seed", "0"])
-        steal.main(["--victim-checkpoint", str(ckpt), "--losstype", "mse", "--num_queries", "200", "--epochs", "2",
-                    "--device", device, "--logdir", str(steal_dir), "--seed", "0"])
+        victims[device] = run_script.main(["--dataset", "digits", "--epochs", "2", "--width", "4", "-b", "64",
+                                           "--amp", "off", "--device", device, "--logdir", str(victim_dir),
+                                           "--seed", "0"])
+        # both devices steal the CPU-trained victim: the same answers, so only the device differs
+        steal.main(["--victim-checkpoint", str(victims["cpu"]), "--losstype", "mse", "--num_queries", "200",
+                    "--epochs", "2", "--device", device, "--logdir", str(steal_dir), "--seed", "0"])
         if device == "cuda":
             assert torch.cuda.max_memory_allocated() > 0  # the work ran on the GPU
         for d in (victim_dir, steal_dir):

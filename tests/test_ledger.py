@@ -155,3 +155,21 @@ def test_urls_and_memory(tmp_path):
         Ledger("postgresql://u:p@localhost/db")
     with pytest.raises(UserError, match="unknown ledger URL"):
         Ledger("mysql://x")
+
+
+def test_defense_state_and_history_rows_are_written_with_their_batch(tmp_path):
+    """A batch's defense state and the history rows it added go in the batch's own transaction:
+    read back in order after a reopen, and never written for a refused batch."""
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.create_account("a", budget=5)
+    first, second = torch.arange(6.0).view(2, 3), torch.arange(6.0, 9.0).view(1, 3)
+    ledger.record("a", 2, states={"detect": {"checked": 2, "flagged": 0}}, rows={("detect", "history"): first})
+    ledger.record("a", 1, states={"detect": {"checked": 3, "flagged": 1}},
+                  rows={("detect", "history"): second, ("pow", "history"): torch.empty(0, 3)})
+    with pytest.raises(QueryBudgetExceeded):
+        ledger.record("a", 3, states={"detect": {"checked": 99}}, rows={("detect", "history"): first})
+    reopened = Ledger(tmp_path / "l.db")
+    assert reopened.load_state("a", "detect") == {"checked": 3, "flagged": 1}  # not the refused batch's
+    rows = reopened.load_rows("a", "detect")
+    assert list(rows) == ["history"] and torch.equal(rows["history"], torch.arange(9.0).view(3, 3))
+    assert reopened.load_rows("a", "pow") == {}  # an empty slice writes no row

@@ -293,3 +293,48 @@ def test_rate_limits_refuse_with_429_and_the_client_waits(server):
         http.answer(x)
     # at most a full bucket (4) goes at once; the other 4 wait a quarter second each at least
     assert Ledger(server["ledger"]).usage("slow")["used"] == used + 8 and time.time() - t0 > 0.9
+
+
+def _body(x, **extra) -> bytes:
+    return json.dumps({"format": "uint8", "shape": list(x.shape),
+                       "data": base64.b64encode(x.numpy().tobytes()).decode(), **extra}).encode()
+
+
+def test_defense_state_survives_sigkill_and_restart(server, tmp_path):
+    """Similar-query detection's history, the proof of work's deviation score and a puzzle waiting for
+    its proof are read back from the ledger after a SIGKILL: a repeat of a query answered before the
+    kill is still flagged, the repeater's next puzzle is as hard as its whole history says, and the
+    puzzle issued before the kill is still the one to solve. (A server that forgot would flag
+    nothing, ask 0 bits and issue a new puzzle.)"""
+    import signal
+
+    from defenses.pow import Puzzle, difficulty, solve
+
+    ledger = str(tmp_path / "ledger.db")
+    key = serve.main(["accounts", "create", "rep", "--ledger", ledger])
+    extra = ["--defenses", "detect", "pow", "--sigma", "0", "--pow-bits-min", "0", "--pow-bits-max", "9"]
+    proc, url = start_server(server["victim"], ledger, extra=extra)
+    a = images(1, seed=1)
+    try:
+        http = HTTPConnection(url, key)
+        for _ in range(3):  # the same image three times: the 2nd and 3rd are repeats
+            http.answer(a)
+        code, reply = post(url, _body(a), key)
+        assert code == 428 and reply["puzzle"]["bits"] == difficulty(2 / 3, 0, 9) == 6
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    book = Ledger(ledger)
+    assert [b["decisions"]["detect"]["flagged"] for b in book.batches("rep")] == [0, 1, 1]
+    assert [b["decisions"]["pow"]["bits"] for b in book.batches("rep")] == [0, 0, difficulty(1 / 2, 0, 9)]
+    proc, url = start_server(server["victim"], ledger, extra=extra)
+    try:
+        puzzle = Puzzle(reply["puzzle"]["challenge"], reply["puzzle"]["bits"])
+        code, answered = post(url, _body(a, proof={"challenge": puzzle.challenge, "nonce": solve(puzzle)[0]}), key)
+        assert code == 200 and answered["used"] == 4  # the pre-kill puzzle, solved after the restart
+        assert book.batches("rep")[-1]["decisions"]["detect"]["flagged"] == 1  # still a repeat
+        code, reply = post(url, _body(a), key)
+        assert code == 428 and reply["puzzle"]["bits"] == difficulty(3 / 4, 0, 9) == 7
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
