@@ -37,8 +37,8 @@ def test_keys_are_stored_hashed_and_authenticate(tmp_path):
         ledger.create_account("dave", budget=-1)
 
 
-def test_budget_is_exhausted_exactly_and_a_refused_batch_writes_nothing(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_budget_is_exhausted_exactly_and_a_refused_batch_writes_nothing(ledger_url):
+    ledger = Ledger(ledger_url)
     ledger.create_account("a", budget=10)
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     assert ledger.record("a", 4, image_hashes(images), {"noise": "applied"}).used == 4
@@ -76,8 +76,8 @@ def _hammer(path, name, requests, seed, out):
     out.put(_spend(path, name, requests, seed))
 
 
-def test_concurrent_threads_never_pass_the_budget(tmp_path):
-    path = tmp_path / "l.db"
+def test_concurrent_threads_never_pass_the_budget(ledger_url):
+    path = ledger_url
     ledger = Ledger(path)
     ledger.create_account("a", budget=500)
     ledger.create_account("free")
@@ -151,16 +151,23 @@ def test_urls_and_memory(tmp_path):
     memory.create_account("m", budget=2)
     memory.record("m", 2)
     assert memory.usage("m")["remaining"] == 0
-    with pytest.raises(UserError, match="psycopg"):
-        Ledger("postgresql://u:p@localhost/db")
+    with pytest.raises(UserError, match="cannot open the PostgreSQL ledger at localhost:1/db"):
+        Ledger("postgresql://u:secret@localhost:1/db")  # nothing listens there; the password is not echoed
+    import importlib.util
+
+    real = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+        with pytest.raises(UserError, match=r"pip install 'psycopg\[binary\]'"):
+            Ledger("postgresql://u:p@localhost/db")
     with pytest.raises(UserError, match="unknown ledger URL"):
         Ledger("mysql://x")
 
 
-def test_defense_state_and_history_rows_are_written_with_their_batch(tmp_path):
+def test_defense_state_and_history_rows_are_written_with_their_batch(ledger_url):
     """A batch's defense state and the history rows it added go in the batch's own transaction:
     read back in order after a reopen, and never written for a refused batch."""
-    ledger = Ledger(tmp_path / "l.db")
+    ledger = Ledger(ledger_url)
     ledger.create_account("a", budget=5)
     first, second = torch.arange(6.0).view(2, 3), torch.arange(6.0, 9.0).view(1, 3)
     ledger.record("a", 2, states={"detect": {"checked": 2, "flagged": 0}}, rows={("detect", "history"): first})
@@ -168,7 +175,7 @@ def test_defense_state_and_history_rows_are_written_with_their_batch(tmp_path):
                   rows={("detect", "history"): second, ("pow", "history"): torch.empty(0, 3)})
     with pytest.raises(QueryBudgetExceeded):
         ledger.record("a", 3, states={"detect": {"checked": 99}}, rows={("detect", "history"): first})
-    reopened = Ledger(tmp_path / "l.db")
+    reopened = Ledger(ledger_url)
     assert reopened.load_state("a", "detect") == {"checked": 3, "flagged": 1}  # not the refused batch's
     rows = reopened.load_rows("a", "detect")
     assert list(rows) == ["history"] and torch.equal(rows["history"], torch.arange(9.0).view(3, 3))

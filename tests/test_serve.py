@@ -338,3 +338,50 @@ def test_defense_state_survives_sigkill_and_restart(server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_service_on_a_postgresql_ledger(server, postgres_server):
+    """The same server on a PostgreSQL ledger: 6 concurrent clients spend one account's budget
+    exactly, the detector's history survives a restart, and the counts agree."""
+    from conftest import new_postgres_database
+
+    url = new_postgres_database(postgres_server, "serve")
+    key = serve.main(["accounts", "create", "pg", "--budget", "90", "--ledger", url])
+    extra = ["--defenses", "detect", "--sigma", "0"]
+    proc, address = start_server(server["victim"], url, extra=extra)
+    received, lock = [], threading.Lock()
+
+    def client(seed):
+        http, got = HTTPConnection(address, key), 0
+        for i in range(10):
+            try:
+                got += http.answer(images(2, seed=100 * seed + i)).shape[0]
+            except QueryBudgetExceeded:
+                pass
+        with lock:
+            received.append(got)
+
+    try:
+        threads = [threading.Thread(target=client, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    book = Ledger(url)
+    assert sum(received) == book.usage("pg")["used"] == book.total("pg") == 90  # 120 asked, 90 sold
+    proc, address = start_server(server["victim"], url, extra=extra)
+    try:
+        key2 = serve.main(["accounts", "create", "pg2", "--ledger", url])
+        http = HTTPConnection(address, key2)
+        http.answer(images(1, seed=5))
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc, address = start_server(server["victim"], url, extra=extra)
+        HTTPConnection(address, key2).answer(images(1, seed=5))  # a repeat, after a restart
+        assert [b["decisions"]["detect"]["flagged"] for b in book.batches("pg2")] == [0, 1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
