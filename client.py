@@ -2,13 +2,15 @@
 
 A :class:`QueryClient` wraps a *backend*: anything with ``answer(images) -> answers`` and
 ``out_dim`` (and optionally ``info``), e.g. :meth:`victim.VictimService.connect` in this
-process, or an HTTP client later, without any attack changing. It does what a careful
-paying customer does:
+process, or :class:`HTTPConnection` for a victim served by ``serve.py``, without any attack
+changing. It does what a careful paying customer does:
 
 * **counting**: every image sent is one query; every augmented view of an image is one
   more. A call that would go past the budget is refused as a whole, before anything is
   sent, so the budget is never overshot (the reference checked after each batch and could
-  overshoot by a batch);
+  overshoot by a batch). A backend that knows what the service still sells (``remaining()``:
+  ``/v1/usage`` over HTTP) caps the budget, and a run whose budget it cannot cover is refused
+  when the client is made, before its first query;
 * **caching**: answers are stored under a key the attacker chooses (``(image index, view)``),
   so a query answered once is never sent again: later epochs reuse the stored answers
   (the reference re-queried every epoch). A defended answer is cached as received, so
@@ -47,6 +49,17 @@ class QueryClient:
                  log_path: Optional[Path | str] = None, cache_device: torch.device | str = "cpu"):
         if budget is not None and budget < 0:
             raise ValueError(f"the query budget must be non-negative, got {budget}")
+        # what the service still sells this customer (a backend with remaining(), e.g. HTTPConnection
+        # reading /v1/usage): the budget is the smaller of the two, and a run whose own budget the
+        # accounts cannot pay for stops here, before its first query, rather than mid-epoch
+        left = service_remaining(backend)
+        if left is not None:
+            if budget is not None and left < budget:
+                raise QueryBudgetExceeded(
+                    f"the victim service has {left} queries left on this run's account(s), fewer than the "
+                    f"{budget} this run will spend; lower --num_queries or use an account with a larger budget "
+                    f"(serve.py accounts create NAME --budget N)")
+            budget = left if budget is None else min(budget, left)
         self.backend, self.budget = backend, budget
         self.log_path = None if log_path is None else Path(log_path)
         self.cache_device = torch.device(cache_device)
@@ -118,32 +131,72 @@ class QueryClient:
         return record
 
 
+def wire_images(images: torch.Tensor) -> torch.Tensor:
+    """A batch as it travels to a served victim: uint8, floats in [0, 1] rounded to the nearest level
+    (as a PNG would carry them). Exact for dataset images; an augmented view (crops, jitter, blur)
+    loses what lies between two levels, so the victim answers the view as sent."""
+    return images if images.dtype == torch.uint8 else (to_float(images) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def service_remaining(backend) -> Optional[int]:
+    """Queries the service still sells through ``backend`` (``None``: unlimited, or a backend that
+    cannot tell, such as an in-process connection whose budget the experiment sets itself)."""
+    remaining = getattr(backend, "remaining", None)
+    return remaining() if callable(remaining) else None
+
+
 class HTTPConnection(ProofPayer):
     """A customer's handle on a victim served over HTTP (``serve.py``): the same ``answer(images)``,
     ``out_dim`` and ``info`` as an in-process :class:`victim.Connection`, so no attack changes.
 
-    Images go as raw uint8 bytes (floats in [0, 1] are rounded to uint8 first, as a PNG would);
-    answers come back as raw float32 bytes. 429 and 503 are retried with exponential backoff
-    (``retries`` times, from ``backoff`` seconds); any other refusal is a :class:`errors.UserError`
-    with the server's sentence (402, an exhausted budget: :class:`errors.QueryBudgetExceeded`).
+    ``output`` picks one of the outputs the service offers this account (``/v1/info``'s
+    ``outputs``: e.g. ``representation``, ``head`` or ``representation+head`` of an encoder, only
+    for accounts with head access; ``logits``, ``probabilities``, ``top5`` or ``labels`` of a
+    classifier); ``None`` takes the service's default (``answers``). ``out_dim`` and ``info`` then
+    describe that output, and an output not offered to the account is refused here, before any
+    query is spent.
+
+    Images go as raw uint8 bytes (floats in [0, 1] are rounded to uint8 first, as a PNG would),
+    at most ``max_batch`` per request (the server's ``max_batch`` when its card names one; a larger
+    batch is split); answers come back as raw float32 bytes. 429 and 503 are retried with
+    exponential backoff (``retries`` times, from ``backoff`` seconds); any other refusal is a
+    :class:`errors.UserError` with the server's sentence (402, an exhausted budget:
+    :class:`errors.QueryBudgetExceeded`). ``requests`` counts the answered calls for the card and
+    for answers; reading ``/v1/usage`` is not counted.
     """
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 120.0, retries: int = 5, backoff: float = 0.5):
+    def __init__(self, url: str, api_key: str, *, output: Optional[str] = None, timeout: float = 120.0,
+                 retries: int = 5, backoff: float = 0.5, max_batch: int = 256):
         super().__init__()
         self.url, self.api_key = url.rstrip("/"), api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.requests = 0
-        self.info = self._call("GET", "/v1/info")
-        self.out_dim = int(self.info["out_dim"])
+        card = self._call("GET", "/v1/info")
+        self.max_batch = int(card.get("max_batch") or max_batch)
+        offered = card.get("outputs") or {card["answers"]: card["out_dim"]}
+        if output is not None and output not in offered:
+            head = "head" in output.split("+")
+            raise UserError(f"the victim service at {self.url} does not answer {output!r} to this account; it "
+                            f"offers {', '.join(offered)}" + (" (head outputs need an account created with "
+                                                            "`serve.py accounts create NAME --head-access`)"
+                                                            if head else ""))
+        self.output = output
+        name = output or card["answers"]
+        self.info = {**card, "answers": name, "out_dim": int(offered.get(name, card["out_dim"]))}
+        if "+" in name:  # a combined output: the size of each part, in order
+            self.info["parts"] = {part: int(offered.get(part) or card.get("parts", {})[part])
+                                  for part in name.split("+")}
+        self.out_dim = self.info["out_dim"]
 
-    def _call(self, method: str, path: str, body: Optional[dict] = None, puzzle_out: Optional[dict] = None) -> dict:
+    def _call(self, method: str, path: str, body: Optional[dict] = None, puzzle_out: Optional[dict] = None,
+              count: bool = True) -> dict:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    self.requests += 1
+                    self.requests += count
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
                 try:
@@ -172,13 +225,21 @@ class HTTPConnection(ProofPayer):
 
     def usage(self) -> dict:
         """The account's queries used and remaining, as the server counts them."""
-        return self._call("GET", "/v1/usage")
+        return self._call("GET", "/v1/usage", count=False)
+
+    def remaining(self) -> Optional[int]:
+        """Queries this account may still buy (``None``: unlimited), from ``/v1/usage``."""
+        return self.usage()["remaining"]
 
     def answer(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] > self.max_batch:
+            return torch.cat([self.answer(images[i:i + self.max_batch])
+                              for i in range(0, images.shape[0], self.max_batch)])
         from serving import decode_array, encode_array  # the wire format (serving imports FastAPI lazily)
 
-        x = images if images.dtype == torch.uint8 else (to_float(images) * 255).round().clamp(0, 255).to(torch.uint8)
-        body = {"format": "uint8", **encode_array(x)}
+        body = {"format": "uint8", **encode_array(wire_images(images))}
+        if self.output is not None:
+            body["output"] = self.output
         puzzle: dict = {}
         reply = self._call("POST", "/v1/embeddings", body, puzzle_out=puzzle)
         if puzzle:  # the service's proof-of-work defense: solve here (the customer's cost), send again
@@ -202,6 +263,12 @@ class SybilConnection:
         if any(c.out_dim != self.out_dim for c in self.connections):
             raise ValueError("the accounts answer with different output sizes: they are not the same service")
 
+    def remaining(self) -> Optional[int]:
+        """The accounts' total queries left (``None`` when any is unlimited). The batches are split
+        evenly, so an account with much less than its share can still run out first."""
+        left = [service_remaining(conn) for conn in self.connections]
+        return None if any(n is None for n in left) else sum(left)
+
     def answer(self, images: torch.Tensor) -> torch.Tensor:
         parts = torch.tensor_split(torch.arange(images.shape[0]), min(len(self.connections), images.shape[0]))
         return torch.cat([conn.answer(images[idx]) for conn, idx in zip(self.connections, parts)])
@@ -212,3 +279,60 @@ class SybilConnection:
             for key, value in getattr(conn, "costs", dict)().items():
                 totals[key] = totals.get(key, 0) + value
         return totals
+
+
+# --------------------------------------------------------------------------------------
+# a victim served over HTTP, from the command line (steal.py, stealhead.py, knockoff.py, legitimate.py)
+
+
+def add_http_victim_args(parser):
+    """``--victim-url`` and ``--api-key``: attack (or use) a victim served by ``serve.py``."""
+    g = parser.add_argument_group("a victim served over HTTP (serve.py)")
+    g.add_argument("--victim-url", default=None,
+                   help="query the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a "
+                        "checkpoint; the dataset, input size and architecture come from its /v1/info, and the "
+                        "query budget is at most what the account(s) have left in /v1/usage")
+    g.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                   help="the account's API key for --victim-url; repeat it to spread the queries over several "
+                        "accounts (a Sybil attack: each batch is split evenly between them)")
+    return g
+
+
+# flags that name or build the victim on the owner's side, meaningless for a victim served elsewhere
+OWNER_FLAGS = {"victim_checkpoint": "--victim-checkpoint", "defenses": "--defenses", "defence": "--defence",
+               "lossvictim": "--lossvictim", "epochstrain": "--epochstrain"}
+# flags that describe the victim: over HTTP they are checked against the service's card
+CARD_FLAGS = {"dataset": ("--dataset", "dataset"), "arch": ("--archvic", "arch"), "width": ("--width", "width"),
+              "stem": ("--stem", "stem")}
+
+
+def open_http_victim(config: dict, *, output: Optional[str] = None, owner_flags: dict = OWNER_FLAGS) -> tuple:
+    """``--victim-url``/``--api-key``: a connection to a victim served over HTTP (through several
+    accounts when ``--api-key`` is repeated), answering ``output`` (default: the service's default
+    answer), and what to record in config.yaml about it (its published card; the keys redacted).
+
+    One :class:`errors.UserError` when a key is missing, when an owner-side flag (``owner_flags``:
+    config key -> flag) is set, when a flag that describes the victim disagrees with the card,
+    or when the account may not ask for ``output`` (head outputs need head access).
+    """
+    from utils import scale_of
+
+    if not config.get("api_key"):
+        raise UserError("--victim-url needs --api-key (create one with `python serve.py accounts create NAME`)")
+    given = [flag for key, flag in owner_flags.items() if config.get(key)]
+    if given:
+        raise UserError(f"--victim-url queries a served victim, so the owner's flags {', '.join(given)} do not "
+                        f"apply (the victim and its defenses are serve.py's); drop them")
+    accounts = [HTTPConnection(config["victim_url"], key, output=output) for key in config["api_key"]]
+    connection = accounts[0] if len(accounts) == 1 else SybilConnection(accounts)
+    card = connection.info
+    for key, (flag, field) in CARD_FLAGS.items():
+        if config.get(key) is not None and card.get(field) is not None and config[key] != card[field]:
+            raise UserError(f"{flag} {config[key]} does not match the victim served at {config['victim_url']}, "
+                            f"whose card says {field} {card[field]}; drop {flag}")
+    record = {"victim_checkpoint": config["victim_url"], "dataset": card["dataset"],
+              "scale": scale_of(card["dataset"], config.get("scale")), "arch": card["arch"], "width": card["width"],
+              "stem": card.get("stem", "cifar"), "image_size": card["input_size"], "victim_watermarked": False,
+              "defenses": ["served: unknown"], "victim_output": card["answers"],
+              "api_key": [f"...{key[-4:]}" for key in config["api_key"]]}  # never the keys themselves
+    return connection, record

@@ -7,7 +7,9 @@ classifier on the answers through a :class:`client.QueryClient`; then accuracy, 
 FGSM transfer are measured. The victim classifier (``--victimtype``) is either a SimCLR-type
 victim encoder with a linear probe fitted on the downstream task (``simclr``), or a
 supervised victim's own classifier, its encoder and the linear layer it was trained with
-(``supervised``, a simclrsup.py checkpoint).
+(``supervised``, a simclrsup.py checkpoint). With ``--victim-url`` the classifier is one served
+by ``serve.py`` (the owner's side stays in the server; its task and architecture come from the
+service's card), and the victim's side of the measurements is bought through the service.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from attack import image_batches, query_pool, query_set
 from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, atomic_write_text, get_logger,
                    pick_device, prepare_run_dir, seed_everything, setup_threads, str2bool, write_config)
 from utils import run_dir as run_dir_named
-from client import QueryClient
+from client import QueryClient, add_http_victim_args
+from errors import QueryBudgetExceeded
 from victim import VICTIM_TYPES, ClassifierBackend, LoadedVictim, VictimService, check_victim_type, load_victim
 
 # the attacker's training by mode, and by victim type where it differs: against a supervised victim
@@ -153,26 +156,80 @@ def build_parser(mode: str, output: str, doc: str, *, victimtype: str = "simclr"
                         "before _s<seed> for a supervised victim)")
     p.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace an existing run in --logdir")
+    add_http_victim_args(p)
     add_reference_args(p, *reference_flags)
     add_common_args(p)
     return p
 
 
-def open_victim(config: dict) -> tuple[torch.device, LoadedVictim]:
-    """The owner's side of a classifier-extraction run: the device (recorded in ``config``),
-    threads and seeds set, and the victim checkpoint loaded and checked against ``--victimtype``."""
+def setup(config: dict) -> torch.device:
+    """The device (recorded in ``config``), threads and seeds: the first thing a run does."""
     device = pick_device(config["device"], config["gpu_index"])
     config["device"] = str(device)
     setup_threads()
     seed_everything(config["seed"])
+    return device
+
+
+def open_victim(config: dict) -> tuple[torch.device, LoadedVictim]:
+    """The owner's side of a classifier-extraction run: the device (recorded in ``config``),
+    threads and seeds set, and the victim checkpoint loaded and checked against ``--victimtype``."""
+    device = setup(config)
     loaded = load_victim(config["victim_checkpoint"], dataset=config["dataset"], seed=config["seed"],
                          victimtype=config["victimtype"])
     check_victim_type(loaded, config["victimtype"])
     return device, loaded
 
 
+def fit_victim_classifier(loaded: LoadedVictim, victimtype: str, task: str, *, data=None, seed: int = 0,
+                          device: torch.device | str = "cpu") -> tuple[nn.Module, str, int]:
+    """The owner's classifier for the downstream ``task`` (:func:`victim_classifier` with the
+    task's train split), ``(classifier, description, number of classes)``; shared by this module's
+    in-process runs and ``serve.py``. It leaves the caller's random state as it found it, so an
+    attack run after it starts from the same state whether the victim is here or served elsewhere."""
+    if victimtype == "supervised" and task != loaded.dataset:
+        raise UserError(f"a supervised victim's classifier answers its own task ({loaded.dataset}), not "
+                        f"--dataset-test {task}; drop --dataset-test or use --victimtype simclr")
+    info = dataset_info(task)
+    if not info.num_classes:
+        raise UserError(f"{task} has no labels; pick a labelled --dataset-test")
+    with torch.random.fork_rng(devices=[]):  # the probe's layer is built from the global generator
+        train = None if victimtype == "supervised" else get_dataset(task, info.train_split, root=data,
+                                                                    image_size=loaded.image_size)
+        clf, described = victim_classifier(loaded, victimtype, train, num_classes=info.num_classes, seed=seed,
+                                           device=device)
+    return clf, described, info.num_classes
+
+
+class ServedClassifier:
+    """A classifier served over HTTP, as a callable for :func:`predict` and :func:`transfer_rates`:
+    its scores for a batch (the output the connection asks for; its argmax is the predicted class
+    whichever it is), bought through a :class:`client.QueryClient` keyed by each image's bytes as
+    sent, so an image asked twice (the evaluation set, whose predictions both measurements need)
+    is paid once."""
+
+    def __init__(self, client: QueryClient):
+        self.client = client
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import hashlib
+
+        from client import wire_images
+
+        sent = wire_images(x.detach()).cpu()
+        keys = [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in sent]
+        return self.client.query(x, keys=keys)
+
+
+def evaluation_queries(n_eval: int, n_eps: int) -> int:
+    """At most how many answers measuring a served victim takes: its predictions on the evaluation
+    images, and on an adversarial and a noisy copy of each at every FGSM step size."""
+    return n_eval * (1 + 2 * n_eps)
+
+
 def run(config: dict) -> dict:
-    """The whole experiment from parsed flags: the owner's classifier, the attack, the tests."""
+    """The whole experiment from parsed flags: the owner's classifier (or, with ``--victim-url``, a
+    classifier served by serve.py), the attack, the tests."""
     config = dict(config, arch=None, width=None, n_views=1, force=False)
     config.setdefault("victimtype", "simclr")
     config.setdefault("momentum", 0.9)
@@ -181,23 +238,50 @@ def run(config: dict) -> dict:
     for key, value in defaults.items():
         if config.get(key) is None:
             config[key] = value
-    device, loaded = open_victim(config)
-    venc = loaded.encoder
-    config.update(victim_checkpoint=str(loaded.path), dataset=loaded.dataset, image_size=loaded.image_size)
-    if config["victimtype"] == "supervised" and config["dataset_test"] not in (None, loaded.dataset):
-        raise UserError(f"a supervised victim's classifier answers its own task ({loaded.dataset}), not "
-                        f"--dataset-test {config['dataset_test']}; drop --dataset-test or use --victimtype simclr")
+    served = bool(config.get("victim_url"))
+    if served:  # the attacker knows the service's card, nothing more
+        from client import open_http_victim
+
+        device = setup(config)
+        connection, record = open_http_victim(config, output=config["modeloutput"],
+                                              owner_flags={"victim_checkpoint": "--victim-checkpoint"})
+        card = connection.info
+        if "task" not in card:
+            raise UserError(f"the service at {config['victim_url']} answers an encoder, not a classifier; serve "
+                            f"one with `serve.py --victimtype supervised` or `serve.py --outputs probabilities ...`")
+        if config["dataset_test"] not in (None, card["task"]):
+            raise UserError(f"--dataset-test {config['dataset_test']} differs from the task of the classifier served "
+                            f"at {config['victim_url']} ({card['task']}); drop --dataset-test")
+        config.update(record, dataset_test=card["task"])
+        victim = {key: card[key] for key in ("arch", "width", "stem")}
+    else:
+        device, loaded = open_victim(config)
+        config.update(victim_checkpoint=str(loaded.path), dataset=loaded.dataset, image_size=loaded.image_size)
+        if config["victimtype"] == "supervised" and config["dataset_test"] not in (None, loaded.dataset):
+            raise UserError(f"a supervised victim's classifier answers its own task ({loaded.dataset}), not "
+                            f"--dataset-test {config['dataset_test']}; drop --dataset-test or use --victimtype simclr")
+        victim = {key: getattr(loaded.encoder, key) for key in ("arch", "width", "stem")}
     task = config["dataset_test"] = config["dataset_test"] or config["dataset"]
     info = dataset_info(task)
     if not info.num_classes:
         raise UserError(f"{task} has no labels; pick a labelled --dataset-test")
     size = config["image_size"]
-    train = get_dataset(task, info.train_split, root=config["data"], image_size=size)
     query_part, evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
                                            config["holdout"])
     # queries: the downstream test split without its holdout, unless --datasetsteal names another set
     pool, _ = query_pool(task, size, datasetsteal=config["datasetsteal"], holdout=len(evaluation), data=config["data"])
     images = query_set(pool, config["num_queries"], 1)
+    if served:  # the attack and the measurements of the victim, paid for before the first query
+        from client import service_remaining
+
+        n_eval = evaluation_queries(len(evaluation), len(config["fgsm_eps"]))
+        left = service_remaining(connection)
+        if left is not None and left < len(images) + n_eval:
+            raise QueryBudgetExceeded(
+                f"the victim service has {left} queries left on this run's account(s), fewer than the "
+                f"{len(images) + n_eval} this run needs ({len(images)} for the attack, --num_queries, and up to "
+                f"{n_eval} to measure the victim on {len(evaluation)} evaluation images and their FGSM and noise "
+                f"copies); lower --num_queries, --holdout or --fgsm-eps, or use an account with a larger budget")
     if config["logdir"] is None:
         parts = [config["mode"], config["modeloutput"], config["num_queries"]]
         parts += ["supervised"] if config["victimtype"] == "supervised" else []
@@ -209,18 +293,21 @@ def run(config: dict) -> dict:
     write_config(run_dir, config)
     logger = get_logger(run_dir)
 
-    # the victim classifier: the frozen victim encoder with a linear probe fitted on the downstream
-    # train split (simclr), or the supervised victim's own classifier
-    victim_clf, described = victim_classifier(loaded, config["victimtype"], train, num_classes=info.num_classes,
-                                              seed=config["seed"], device=device)
     x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels.to(device)
-    victim_pred = predict(victim_clf, x_eval)
-    victim_acc = 100 * (victim_pred == y_eval).float().mean().item()
-    logger.info(f"victim classifier ({described} on {task}): {victim_acc:.2f}% on {evaluation.split}")
-
-    service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
-                            answers=config["modeloutput"], info={"dataset": task, "input_size": size})
-    api = QueryClient(service.connect("attacker"), budget=config["num_queries"], log_path=run_dir / "queries.jsonl")
+    if served:
+        api = QueryClient(connection, budget=config["num_queries"], log_path=run_dir / "queries.jsonl")
+    else:
+        # the victim classifier: the frozen victim encoder with a linear probe fitted on the downstream
+        # train split (simclr), or the supervised victim's own classifier
+        victim_clf, described, _ = fit_victim_classifier(loaded, config["victimtype"], task, data=config["data"],
+                                                         seed=config["seed"], device=device)
+        victim_pred = predict(victim_clf, x_eval)
+        victim_acc = 100 * (victim_pred == y_eval).float().mean().item()
+        logger.info(f"victim classifier ({described} on {task}): {victim_acc:.2f}% on {evaluation.split}")
+        service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
+                                answers=config["modeloutput"], info={"dataset": task, "input_size": size})
+        api = QueryClient(service.connect("attacker"), budget=config["num_queries"],
+                          log_path=run_dir / "queries.jsonl")
     x_q = to_float(images.images).to(device)
     answers = api.query(x_q, keys=list(range(len(x_q))))  # the attacker buys every answer once
     api.end_epoch(0)
@@ -228,10 +315,10 @@ def run(config: dict) -> dict:
     # standard: CE on the answered label, whatever the victim returns
     kind = config["modeloutput"] if config["mode"] == "knockoff" else "labels"
 
-    arch, width = config["archstolen"] or venc.arch, config["widthstolen"] or venc.width
+    arch, width = config["archstolen"] or victim["arch"], config["widthstolen"] or victim["width"]
     config.update(archstolen=arch, widthstolen=width)
     qinfo = dataset_info(images.name)
-    encoder = build_encoder(arch, stem=venc.stem, width=width, mean=qinfo.mean, std=qinfo.std)
+    encoder = build_encoder(arch, stem=victim["stem"], width=width, mean=qinfo.mean, std=qinfo.std)
     head_kwargs = {"dims": [encoder.out_dim, info.num_classes]}
     stolen = EncoderWithHead(encoder, build_mlp(**head_kwargs)).to(device)
     batches, steps = image_batches(len(x_q), config["batch_size"])
@@ -252,6 +339,13 @@ def run(config: dict) -> dict:
     stolen.eval()
     with torch.no_grad():
         stolen_pred = predict(stolen, x_eval)
+    if served:  # measured through the service, after the attack (whose queries the server saw alone)
+        measure = QueryClient(connection)
+        victim_clf = ServedClassifier(measure)
+        victim_pred = predict(victim_clf, x_eval)
+        victim_acc = 100 * (victim_pred == y_eval).float().mean().item()
+        logger.info(f"victim classifier (served at {config['victim_url']}, {task}): {victim_acc:.2f}% on "
+                    f"{evaluation.split}")
     results = {
         "mode": config["mode"], "modeloutput": config["modeloutput"], "victimtype": config["victimtype"],
         "queries": api.queries_used,
@@ -259,6 +353,8 @@ def run(config: dict) -> dict:
         "fidelity": 100 * (stolen_pred == victim_pred).float().mean().item(),
         "fgsm_transfer": transfer_rates(stolen, victim_clf, x_eval, y_eval, config["fgsm_eps"], config["seed"]),
     }
+    if served:
+        results["evaluation_queries"] = measure.queries_used
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     print(f"\nvictim classifier {results['victim_top1']:.1f}% | stolen ({config['mode']}, {config['modeloutput']}, "
           f"{api.queries_used} queries) {results['stolen_top1']:.1f}% | fidelity {results['fidelity']:.1f}%")

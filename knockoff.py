@@ -26,6 +26,16 @@ Examples:
 
 ``--victimtype supervised`` steals a supervised victim's own classifier instead of an
 encoder with a probe (see steallabels.py).
+
+A classifier served over HTTP (``serve.py --outputs logits probabilities ...`` for a SimCLR
+victim with its probe, ``serve.py --victimtype supervised`` for a supervised one):
+``--victim-url URL --api-key KEY`` asks it for ``--modeloutput``; its task, input size and
+architecture come from its card. The victim's accuracy, the fidelity and the FGSM transfer are
+then measured through the service too, after the attack (up to ``holdout x (1 + 2 x FGSM
+steps)`` more queries, reported as ``evaluation_queries``), and a run the account cannot pay for
+stops before its first query:
+
+  python knockoff.py --victim-url http://127.0.0.1:8000 --api-key KEY --num_queries 500 --modeloutput logits
 """
 import argparse
 

@@ -13,9 +13,14 @@ infonce or softnn (the loss the adversary uses) and noise otherwise; ``--defense
 the chain explicitly. Results: results.json in the run directory, printed, and one record
 appended to ``--results`` when given (with its ``--tag`` fields).
 
+Over HTTP (``--victim-url URL --api-key KEY``) the customer is an account of a victim served by
+``serve.py``, whose defenses are the server's; its queries are at most what the account has
+left (``/v1/usage``), and a run that needs more stops before its first query.
+
 Examples:
   python legitimate.py --dataset mnistm5k --defenses noise --mu 10 --sigma 2
   python legitimate.py --victim-checkpoint CKPT --defence True --losstype infonce --sigma 20
+  python legitimate.py --victim-url http://127.0.0.1:8000 --api-key KEY --num_queries 500
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import json
 import time
 
 from attack import legitimate_user
+from client import add_http_victim_args, open_http_victim
 from defenses import add_defense_args
 from loss import LOSSES, canonical_loss
 from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, append_jsonl, atomic_write_text,
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="views per image; the legitimate user queries each image once, so only 1 applies")
     g.add_argument("--fp16-precision", action="store_true",
                    help="mixed precision (float16 autocast + GradScaler) on CUDA; no effect on CPU")
+    add_http_victim_args(p)
     add_defense_args(p)
     add_reference_args(p, "arch_unused", "lr_unused", "out_dim_unused", "log_every_n_steps", "temperature_unused",
                        "tempsn", "losshead", "resume_unused", "victimhead_unused")
@@ -78,8 +85,12 @@ def main(argv=None) -> dict:
     config["device"] = str(device)
     setup_threads()
     seed_everything(config["seed"])
-    service, victim_record = service_from_config(config, answers="representation", scale_flag=config["scale"],
-                                                 device=device)
+    if config["victim_url"]:  # a customer of a victim served elsewhere: the server's defenses apply
+        connection, victim_record = open_http_victim(config, output="representation")
+    else:
+        service, victim_record = service_from_config(config, answers="representation", scale_flag=config["scale"],
+                                                     device=device)
+        connection = service.connect("legitimate")
     config.update(victim_record)
     if config["logdir"] is None:
         config["logdir"] = str(run_dir("legitimate", config["dataset"], seed=config["seed"]))
@@ -88,9 +99,9 @@ def main(argv=None) -> dict:
         raise UserError(f"{out_dir} already holds results; pass --clear or another --logdir")
     write_config(out_dir, config)
     logger = get_logger(out_dir)
-    names = [d["name"] for d in config["defenses"]] or ["none"]
+    names = [d["name"] if isinstance(d, dict) else d for d in config["defenses"]] or ["none"]
     logger.info(f"legitimate user of a {config['arch']} victim on {config['dataset']}, defenses: {', '.join(names)}")
-    metrics = legitimate_user(config, service.connect("legitimate"), out_dir, logger, device)
+    metrics = legitimate_user(config, connection, out_dir, logger, device)
     atomic_write_text(out_dir / "results.json", json.dumps(metrics, indent=2))
     print(f"legitimate user: top-1 {metrics['top1']:.2f}% on {metrics['n_test']} held-out images "
           f"({metrics['n_train']} training queries; defenses: {', '.join(names)})")

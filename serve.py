@@ -14,18 +14,37 @@ OpenAPI docs at ``/docs``.
 
 Concurrent requests are gathered into one forward pass (``--batching``, ``--batch-wait-ms``);
 with batching an answer can differ from a lone forward pass in the last bits of a float (the
-kernels depend on the batch size). Not yet served: head access.
+kernels depend on the batch size).
+
+Outputs (``--outputs``; a request picks one with ``"output": NAME``, the first is the default
+answer): an encoder offers ``representation`` and, when the victim has a projection head,
+``head`` and ``representation+head``; head outputs go only to accounts created with
+``--head-access`` (403 for the others, and ``/v1/info`` lists only what the account may ask
+for). A classifier (``--victimtype supervised``: the victim's own classifier, simclrsup.py; or
+``--victimtype simclr`` with classifier outputs: the encoder plus a linear probe fitted on
+``--dataset-test``'s train split with ``--seed``, as knockoff.py and sslextract.py build it)
+offers ``probabilities`` (the default), ``logits``, ``top5`` and ``labels``:
+
+  python serve.py --victimtype supervised --port 8000          # the victim of sslextract.py / extract.py
+  python serve.py --outputs logits probabilities --port 8000   # knockoff.py's: a SimCLR victim + probe
+  python knockoff.py --victim-url http://127.0.0.1:8000 --api-key sk-... --modeloutput logits
 """
 from __future__ import annotations
 
 import argparse
 
 from utils import HelpFormatter, apply_numeric_rules, run_cli
+from victim import VICTIM_TYPES
+
+ENCODER_OUTPUTS = ("representation", "head", "representation+head")
+CLASSIFIER_OUTPUTS = ("probabilities", "logits", "top5", "labels")  # victim.ClassifierBackend's
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--ledger", default="runs/ledger.db", help="the ledger: a SQLite file path or sqlite:///PATH")
+    p.add_argument("--ledger", default="runs/ledger.db",
+                   help="the ledger: a SQLite file path, sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB "
+                        "(needs psycopg; the database must exist, the tables are made on first use)")
     sub = p.add_subparsers(dest="command")
     acc = sub.add_parser("accounts", help="create or list accounts (the admin side)", formatter_class=HelpFormatter)
     acc_sub = acc.add_subparsers(dest="action", required=True)
@@ -40,8 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--ledger", dest="sub_ledger", default=None, help="the ledger (overrides the main --ledger)")
     p.add_argument("--victim-checkpoint", default=None, help="the victim encoder's checkpoint (run.py's default "
                    "run for --dataset and --seed when omitted)")
+    p.add_argument("--victimtype", default="simclr", choices=sorted(VICTIM_TYPES),
+                   help="simclr: a SimCLR-type victim (run.py); supervised: a supervised victim (simclrsup.py), "
+                        "served as its own classifier by default; the checkpoint is checked against it")
+    p.add_argument("--outputs", nargs="+", default=None, metavar="NAME",
+                   choices=ENCODER_OUTPUTS + CLASSIFIER_OUTPUTS,
+                   help="the outputs the service offers, the first being the default answer: an encoder's "
+                        f"({', '.join(ENCODER_OUTPUTS)}; head ones only to --head-access accounts) or a "
+                        f"classifier's ({', '.join(CLASSIFIER_OUTPUTS)}), not both (default: representation, plus "
+                        "head and representation+head when the victim has a head; a supervised victim: "
+                        "every classifier output, probabilities first)")
+    p.add_argument("--dataset-test", dest="dataset_test", default=None, metavar="NAME",
+                   help="a served classifier's task: the probe of a simclr victim is fitted on its train split "
+                        "(default: the victim's dataset; a supervised victim answers its own)")
+    p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None,
+                   help="root of the real datasets (for the probe of a served simclr classifier)")
     p.add_argument("--dataset", default=None, help="the victim's dataset (default: from its checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="which default victim run (with --dataset)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="which default victim run (with --dataset); also seeds a served classifier's probe")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--max-batch", type=int, default=256, help="images per request at most")
@@ -79,20 +114,56 @@ def main(argv=None):
 
     from serving import Gateway, Limits, build_app
     from utils import pick_device
-    from victim import build_service, load_victim
 
     device = pick_device(args.device, None)
-    victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed)
-    from defenses import build_defenses
-    from utils import scale_of
-
-    defenses = build_defenses(vars(args), scale_of(victim.dataset, None))
-    gateway = Gateway(build_service(victim, defenses=defenses, device=device), Ledger(args.ledger),
+    service, victim = build_victim_service(args, device)
+    ledger = Ledger(args.ledger)
+    gateway = Gateway(service, ledger,
                       Limits(max_body_bytes=int(args.max_body_mb * 2 ** 20), max_batch=args.max_batch),
                       batching=args.batching == "on", batch_wait=args.batch_wait_ms / 1000)
+    offered = ", ".join(f"{name}{' (head access)' if Gateway.is_head(name) else ''}" for name in service.outputs)
     print(f"serving {victim.path} ({victim.dataset}, {victim.image_size} px) on http://{args.host}:{args.port}; "
-          f"ledger {args.ledger}; defenses: {', '.join(d.name for d in defenses) or 'none'}", flush=True)
+          f"outputs: {offered}; ledger {ledger.path}; "
+          f"defenses: {', '.join(d.name for d in service.defenses) or 'none'}", flush=True)
     uvicorn.run(build_app(gateway), host=args.host, port=args.port, log_level="warning")
+
+
+def build_victim_service(args, device):
+    """The owner's side: the victim checkpoint, as an encoder or a classifier (``--outputs``,
+    ``--victimtype``), behind its defenses; returns ``(service, loaded victim)``."""
+    from defenses import build_defenses
+    from utils import UserError, scale_of
+    from victim import ClassifierBackend, EncoderBackend, VictimService, check_victim_type, load_victim
+
+    victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed, victimtype=args.victimtype)
+    check_victim_type(victim, args.victimtype)
+    outputs = args.outputs
+    if outputs is None:
+        outputs = (list(CLASSIFIER_OUTPUTS) if args.victimtype == "supervised" else
+                   ["representation"] + (["head", "representation+head"] if victim.head is not None else []))
+    classifier = [name for name in outputs if name in CLASSIFIER_OUTPUTS]
+    if classifier and len(classifier) < len(outputs):
+        raise UserError(f"--outputs {' '.join(outputs)} mixes an encoder's outputs with a classifier's; serve one "
+                        f"kind per service (run serve.py twice, on two ports)")
+    if args.dataset_test and not classifier:
+        raise UserError("--dataset-test names a served classifier's task, but --outputs serves the encoder; "
+                        "add classifier outputs (e.g. --outputs probabilities) or drop --dataset-test")
+    defenses = build_defenses(vars(args), scale_of(victim.dataset, None))
+    card = {"max_batch": args.max_batch}  # the client splits larger batches
+    if not classifier:
+        backend = EncoderBackend(victim.encoder, victim.head, device=device)
+        return VictimService(backend, answers=outputs[0], defenses=defenses, info={**victim.model_card(), **card},
+                             outputs=outputs), victim
+    from extraction import fit_victim_classifier
+
+    task = args.dataset_test or victim.dataset
+    clf, described, classes = fit_victim_classifier(victim, args.victimtype, task, data=args.data, seed=args.seed,
+                                                     device=device)
+    print(f"classifier: {described} on {task}", flush=True)
+    info = {**victim.model_card(), **card, "task": task, "classes": classes}
+    service = VictimService(ClassifierBackend(clf, classes, device=device), answers=outputs[0], defenses=defenses,
+                            info=info, outputs=outputs)
+    return service, victim
 
 
 if __name__ == "__main__":

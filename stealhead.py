@@ -12,11 +12,14 @@ answers only the representation h. The attacker recreates a head g' from the ans
    attack costs ``--num_queries`` queries.
 
 ``--losshead msewithhead`` instead fits g' to the victim's true head outputs g(h) (the
-attacker then also has head access; those answers are counted as queries too).
+attacker then also has head access; those answers are counted as queries too). Over HTTP
+(``--victim-url``) it asks the service for ``representation+head``, which only an account
+created with ``serve.py accounts create NAME --head-access`` may buy.
 
 Examples:
   python stealhead.py --dataset mnistm5k --num_queries 500
   python stealhead.py --victim-checkpoint CKPT --losshead softnn --losstype infonce
+  python stealhead.py --victim-url http://127.0.0.1:8000 --api-key KEY --num_queries 500   # a served victim
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import argparse
 from pathlib import Path
 
 from attack import HEAD_LOSSES, resolve_defaults, steal_through_recreated_head
+from client import add_http_victim_args, open_http_victim
 from defenses import add_defense_args
 from loss import HEAD_STEAL_LOSSES, canonical_loss
 from models import load_checkpoint
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/stealhead_<loss>_<queries>_<dataset>_s<seed>)")
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace an existing run in --logdir")
+    add_http_victim_args(p)
     add_defense_args(p, mu_default=0.0)  # the reference's stealhead: noise mean 0
     add_common_args(p)
     return p
@@ -97,7 +102,12 @@ def main(argv=None) -> Path:
     seed_everything(config["seed"])
     # with msewithhead the API answers both h and g(h) for each view: one query, two outputs
     answers = "representation+head" if config["losshead"] == "msewithhead" else "representation"
-    service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"], device=device)
+    if config["victim_url"]:  # a served victim: its card is all the attacker knows
+        connection, victim_record = open_http_victim(config, output=answers)
+    else:
+        service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"],
+                                                     device=device)
+        connection = service.connect("attacker")
     config.update(victim_record)
     config = resolve_defaults(config, config["scale"])  # --n-views has its own default (2)
     if config["victimhead"] and config["losshead"] != "msewithhead":
@@ -118,7 +128,6 @@ def main(argv=None) -> Path:
                         f"not exist; run once with --resume False (the default) to train it")
     for stale in ("queries.jsonl", "metrics.jsonl") + (() if config["resume"] else ("head/metrics.jsonl",)):
         (run_dir / stale).unlink(missing_ok=True)
-    connection = service.connect("attacker")
     config["victim_out_dim"] = connection.out_dim
     write_config(run_dir, config)
     saved_head = load_checkpoint(run_dir / "head" / "head.pt") if config["resume"] else None
