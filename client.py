@@ -63,7 +63,9 @@ class QueryClient:
         self.backend, self.budget = backend, budget
         self.log_path = None if log_path is None else Path(log_path)
         self.cache_device = torch.device(cache_device)
-        self._cache: dict[Hashable, torch.Tensor] = {}
+        self._index: dict[Hashable, int] = {}  # key -> its row in the answer store
+        self._rows: Optional[torch.Tensor] = None  # the answer store: one row per answered key, grown by doubling
+        self._stored = 0
         self.queries_used = 0
         self.requests = 0
         self._epoch_new: list = []
@@ -92,7 +94,7 @@ class QueryClient:
         n = images.shape[0]
         if keys is not None and len(keys) != n:
             raise ValueError(f"got {n} images but {len(keys)} keys")
-        new = list(range(n)) if keys is None else [i for i, k in enumerate(keys) if k not in self._cache]
+        new = list(range(n)) if keys is None else [i for i, k in enumerate(keys) if k not in self._index]
         if keys is not None:
             first: dict = {}
             new = [i for i in new if first.setdefault(keys[i], i) == i]
@@ -107,15 +109,31 @@ class QueryClient:
             self.requests += 1
             self.queries_used += len(new)
             if keys is not None:
+                start = self._store(fresh)
                 for j, i in enumerate(new):
-                    self._cache[keys[i]] = fresh[j].to(self.cache_device)
+                    self._index[keys[i]] = start + j
                 self._epoch_new.extend(keys[i] for i in new)
             else:
                 self._epoch_new.extend([None] * len(new))
         if keys is None:
             return fresh.to(images.device)
         self._epoch_hits += n - len(new)
-        return torch.stack([self._cache[k] for k in keys]).to(images.device)
+        rows = torch.tensor([self._index[k] for k in keys], device=self.cache_device)
+        return self._rows.index_select(0, rows).to(images.device)  # one gather and one copy per batch
+
+    def _store(self, answers: torch.Tensor) -> int:
+        """Append answers to the store (on ``cache_device``); returns the row of the first."""
+        answers = answers.to(self.cache_device)
+        start, end = self._stored, self._stored + answers.shape[0]
+        if self._rows is None or end > self._rows.shape[0]:
+            capacity = max(end, 2 * (0 if self._rows is None else self._rows.shape[0]), 256)
+            grown = torch.empty((capacity, *answers.shape[1:]), dtype=answers.dtype, device=self.cache_device)
+            if start:
+                grown[:start] = self._rows[:start]
+            self._rows = grown
+        self._rows[start:end] = answers
+        self._stored = end
+        return start
 
     def end_epoch(self, epoch: int) -> dict:
         """Write this epoch's line to the query log and reset the epoch counters."""

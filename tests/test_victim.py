@@ -83,6 +83,23 @@ def test_mixed_cached_and_new_keys_and_duplicates():
     assert torch.allclose(out[:2], backend.answer(x[:2].float() / 255))
 
 
+def test_the_answer_store_grows_past_its_first_block_and_keeps_every_answer_exact():
+    """600 keys asked in uneven batches (the store starts at 256 rows and doubles twice), then
+    all of them again in a shuffled order: each answer comes back bit for bit, nothing is asked twice."""
+    backend = CountingBackend()
+    v = Victim(backend)
+    x = images(600, seed=3)
+    alone = backend.answer(x.float() / 255)
+    start = 0
+    for size in (1, 255, 7, 300, 37):
+        out = v.query(x[start:start + size], keys=list(range(start, start + size)))
+        assert torch.equal(out, alone[start:start + size])
+        start += size
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(0))
+    again = v.query(x[order], keys=order.tolist())
+    assert torch.equal(again, alone[order]) and backend.images == 600 + 600 and v.queries_used == 600
+
+
 class MeanBackend:
     """A service backend: the mean pixel per channel as the 'representation'."""
     out_dims = {"representation": 3}
