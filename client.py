@@ -312,7 +312,7 @@ def add_http_victim_args(parser):
                         "query budget is at most what the account(s) have left in /v1/usage")
     g.add_argument("--api-key", action="append", default=None, metavar="KEY",
                    help="the account's API key for --victim-url; repeat it to spread the queries over several "
-                        "accounts (a Sybil attack: each batch is split evenly between them)")
+                        "accounts (a Sybil attack; steal.py routes them by --sybil-split)")
     return g
 
 

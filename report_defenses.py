@@ -199,4 +199,149 @@ def defense_sections(records: list[dict], data: dict, paper: dict, out_dir: Path
         else:
             bench = [r for r in records if r.get("table") == "pow" and "config" in r and r.get("scale", scale) == scale]
             lines += pow_lines([r for r in recs if "role" in r["metrics"]], bench)
+    lines += sybil_lines(records, out_dir)
+    return lines
+
+
+# ----------------------------------------------------------------------------- several accounts (Sybil)
+
+SYBIL_TABLES = ("sybil",)
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def sybil_cells(records: list[dict]) -> dict:
+    """{(scale, defense, split, K): {seed: {top1, n_test, used, per_account, flagged, deviation, bits,
+    hashes}}} from the Sybil table's records (``what=probe``: the stolen encoder's probe;
+    ``what=accounts``: ``sybil.py``'s per-account statistics); the last record of a cell and seed wins."""
+    cells: dict = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r.get("table") not in SYBIL_TABLES or r.get("what") not in ("probe", "accounts"):
+            continue
+        k = int(r["accounts"])
+        key = (r.get("scale", "?"), r["defense"], "views" if k == 1 else r["split"], k)
+        cell = cells[key][str(r.get("seed"))]
+        if r["what"] == "probe":
+            cell.update(top1=float(r["metrics"]["top1"]), n_test=int(r["metrics"]["n_test"]))
+            continue
+        t = r["stats"]["totals"]
+        cell.update(used=t["used"], per_account=[a["used"] for a in r["stats"]["accounts"]])
+        if "detect" in t:
+            cell["flagged"] = 100 * t["detect"]["mean_flagged_fraction"]
+        if "pow" in t:
+            cell.update(deviation=t["pow"]["mean_deviation_score"], bits=t["pow"]["bits_per_query"],
+                        hashes=t["pow"]["hashes_per_query"])
+    return cells
+
+
+def _paired(cells: dict, a: tuple, b: tuple, field: str) -> Estimate | None:
+    """Per seed: cell ``a``'s ``field`` minus cell ``b``'s (the same victim and seed)."""
+    ca, cb = cells.get(a, {}), cells.get(b, {})
+    seeds = sorted(s for s in set(ca) & set(cb) if field in ca[s] and field in cb[s])
+    return estimate([ca[s][field] - cb[s][field] for s in seeds])
+
+
+def sybil_claims(records: list[dict]) -> list[tuple[str, str, str]]:
+    """Does splitting the table12 attacker over the most accounts (K) beat one account? Paired by seed."""
+    cells = sybil_cells(records)
+    out = []
+    for scale in sorted({key[0] for key in cells}):
+        ks = sorted({key[3] for key in cells if key[0] == scale})
+        if len(ks) < 2:
+            continue
+        top = ks[-1]
+        one = {d: (scale, d, "views", 1) for d in ("detect", "pow")}
+        many = {d: (scale, d, "views", top) for d in ("detect", "pow")}
+        for claim, a, b, field, unit in (
+                (f"Splitting the queries over {top} accounts (an image's views to different accounts) lowers each "
+                 f"account's flagged fraction under similar-query detection ({scale}, K={top} vs 1)",
+                 one["detect"], many["detect"], "flagged", "points of flagged %"),
+                (f"Splitting the queries over {top} accounts lowers the proof-of-work price per query ({scale}, "
+                 f"K={top} vs 1)", one["pow"], many["pow"], "bits", "bits per query"),
+                (f"Splitting the queries over {top} accounts raises the stolen encoder's accuracy under detection "
+                 f"({scale}, K={top} vs 1)", many["detect"], one["detect"], "top1", "points of top-1"),
+                (f"Only the routing hides the repeats: with all views of an image on one account, {top} accounts are "
+                 f"flagged more than with its views on different accounts ({scale}, K={top})",
+                 (scale, "detect", "images", top), many["detect"], "flagged", "points of flagged %")):
+            e = _paired(cells, a, b, field)
+            evidence = f"difference {e} {unit} over {e.n} seed(s) (paired, 95% CI)" if e else "no data"
+            out.append((claim, _verdict(e), evidence))
+    return out
+
+
+def plot_sybil(cells: dict, scale: str, path: Path) -> None:
+    """Flagged fraction, puzzle bits per query and stolen accuracy against the number of accounts."""
+    panels = (("flagged", "flagged % per account (detect)", ("detect",)),
+              ("bits", "puzzle bits per query (pow)", ("pow",)),
+              ("top1", "stolen encoder top-1 %", ("detect", "pow")))
+
+    def draw(ax):
+        fig = ax.figure
+        fig.delaxes(ax)
+        for i, (field, title, defenses) in enumerate(panels):
+            sub = fig.add_subplot(1, len(panels), i + 1)
+            for defense in defenses:
+                for split, style in (("views", "o-"), ("images", "s--")):
+                    pts = []
+                    for (sc, d, sp, k), by_seed in sorted(cells.items(), key=lambda kv: kv[0][3]):
+                        vals = [c[field] for c in by_seed.values() if field in c]
+                        if sc == scale and d == defense and (sp == split or k == 1) and vals:
+                            pts.append((k, statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0))
+                    if len(pts) > 1:
+                        sub.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style,
+                                     capsize=3, label=f"{defense}, split {split}")
+            sub.set_xscale("log", base=2)
+            sub.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+            sub.minorticks_off()
+            sub.set_xlabel("accounts K")
+            sub.set_title(title, fontsize=9)
+            sub.grid(alpha=0.3)
+            sub.legend(fontsize=7)
+
+    _save_plot(path, draw, size=(12, 3.8))
+
+
+def sybil_lines(records: list[dict], out_dir: Path) -> list[str]:
+    """The Sybil section: per defense, split and K the per-account defense numbers and the stolen
+    encoder's accuracy, mean ± standard deviation over seeds; the plot."""
+    cells = sybil_cells(records)
+    lines: list[str] = []
+    for scale in sorted({key[0] for key in cells}):
+        keys = sorted((k for k in cells if k[0] == scale), key=lambda k: (k[1], k[2] != "views", k[3]))
+        seeds = sorted({s for k in keys for s in cells[k]})
+        n_test = sorted({c["n_test"] for k in keys for c in cells[k].values() if "n_test" in c})
+        png = out_dir / f"sybil_{scale}.png"
+        plot_sybil(cells, scale, png)
+        lines += ["", f"## Several accounts (Sybil) against per-account defenses — ours at `{scale}` scale", "",
+                  f"Table 12's attacker (InfoNCE, two augmented views of each of 500 images, 1,000 queries, 50 "
+                  f"epochs) spread over K accounts of the same victim (`steal.py --accounts K --sybil-split S`): "
+                  f"detection is Table 12's cosine 0.9 on head outputs with N(1000, 20²) answers, proof of work "
+                  f"0-16 bits per query. Split `views`: the two views of an image go to different accounts; "
+                  f"`images`: both to the same account. Mean ± standard deviation over {len(seeds)} seed(s) "
+                  f"({', '.join(seeds)}; a victim per seed); flagged % and deviation score are per account, "
+                  f"averaged over the K accounts; bits per query = log2(expected hashes / queries); top-1 of the "
+                  f"linear probe on the {', '.join(f'{n:,}' for n in n_test) or '?'} held-out images.", "",
+                  f"![several accounts](sybil_{scale}.png)", "",
+                  "| defense | split | accounts K | queries per account | flagged % per account | deviation score "
+                  "per account | bits per query | expected hashes per query | stolen top-1 % | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for key in keys:
+            _, defense, split, k = key
+            by = cells[key].values()
+
+            def col(field, scale=1.0, digits=1):
+                return _mean_std([c[field] for c in by if field in c], scale, digits)
+
+            per = sorted({n for c in by for n in c.get("per_account", [])})
+            per_text = "-" if not per else (str(per[0]) if len(per) == 1 else f"{per[0]}-{per[-1]}")
+            lines.append(f"| {defense} | {split if k > 1 else '-'} | {k} | {per_text} | {col('flagged')} | "
+                         f"{col('deviation', digits=2)} | {col('bits', digits=2)} | {col('hashes', digits=1)} | "
+                         f"{col('top1')} | {len(list(by))} |")
     return lines

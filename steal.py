@@ -12,6 +12,7 @@ Examples:
   python steal.py --victim-checkpoint CKPT --losstype infonce --victimhead True --stolenhead True  # access head
   python steal.py --victim-checkpoint CKPT --losstype supcon        # two augmented views, true labels
   python steal.py --losstype infonce --n-views 2 --defenses detect --sigma 20   # a defended victim
+  python steal.py --losstype infonce --n-views 2 --defenses detect --sigma 20 --accounts 8   # over 8 accounts (Sybil)
 
 Attack variants: direct extraction (default: the victim answers its representation h);
 access head (``--victimhead True``: it answers g(h), and the stolen model needs its own
@@ -33,9 +34,11 @@ import json
 from pathlib import Path
 
 from attack import LOCAL_AUGMENTATIONS, QUERY_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal_encoder
+from client import OWNER_FLAGS, add_http_victim_args, open_http_victim
 from data_aug import DATASETS
 from defenses import add_defense_args
 from loss import LOSSES, canonical_loss
+from sybil import SPLITS, account_names, account_stats, summary, sybil_connection
 from utils import (HelpFormatter, UserError, add_common_args, atomic_write_text, add_reference_args, get_logger, pick_device, prepare_run_dir, run_cli,
                    seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
 from victim import add_victim_args, service_from_config
@@ -127,13 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/steal_<loss>_<queries>_<querydata>_s<seed>)")
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace an existing run in --logdir")
-    g = p.add_argument_group("a victim served over HTTP (serve.py)")
-    g.add_argument("--victim-url", default=None,
-                   help="steal the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a checkpoint; "
-                        "the dataset, input size and architecture come from its /v1/info")
-    g.add_argument("--api-key", action="append", default=None, metavar="KEY",
-                   help="the account's API key for --victim-url; repeat it to spread the queries over several "
-                        "accounts (a Sybil attack: each batch is split evenly between them)")
+    add_http_victim_args(p)
+    g = p.add_argument_group("several accounts (a Sybil attack on per-account defenses; see sybil.py)")
+    g.add_argument("--accounts", type=int, default=1, metavar="K",
+                   help="spread the queries over K in-process accounts of the service (attacker0 ... "
+                        "attacker{K-1}; 1 = the single account 'attacker'); each account's defenses see only its "
+                        "share. Over HTTP, repeat --api-key instead (routed by --sybil-split too). Per-account "
+                        "defense statistics go to accounts.json in the run directory")
+    g.add_argument("--sybil-split", dest="sybil_split", default="views", choices=list(SPLITS),
+                   help="how several accounts share the queries: views = the views of one image go to different "
+                        "accounts, images round-robin (no account sees an image twice when K >= --n-views); "
+                        "images = all views of one image to one account, images round-robin; even = each batch cut "
+                        "into K contiguous parts as sent (client.SybilConnection)")
     add_defense_args(p)
     add_reference_args(p, "entropy")
     add_common_args(p)
@@ -141,23 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def http_victim(config: dict) -> tuple:
-    """``--victim-url``: a connection to a victim served over HTTP (through several accounts when
-    ``--api-key`` is repeated) and what its published card says."""
-    from client import HTTPConnection, SybilConnection
-    from utils import scale_of
-
-    if not config["api_key"]:
-        raise UserError("--victim-url needs --api-key (create one with `python serve.py accounts create NAME`)")
-    if config["victimhead"] or config["watermark"] or config["victim_checkpoint"]:
-        raise UserError("--victim-url steals a served victim: --victimhead, --watermark and --victim-checkpoint "
-                        "are the owner's side and do not apply")
-    accounts = [HTTPConnection(config["victim_url"], key) for key in config["api_key"]]
-    connection = accounts[0] if len(accounts) == 1 else SybilConnection(accounts)
-    card = connection.info
-    record = {"victim_checkpoint": config["victim_url"], "dataset": card["dataset"],
-              "scale": scale_of(card["dataset"], config["scale"]), "arch": card["arch"], "width": card["width"],
-              "image_size": card["input_size"], "victim_watermarked": False, "defenses": ["served: unknown"]}
-    return connection, record
+    """``--victim-url``: a connection to a victim served over HTTP (``client.open_http_victim``) and
+    what its published card says. ``--victimhead True`` asks it for head outputs (access head: an
+    account with head access); ``--watermark`` tests the owner's secret predictor, which a
+    served victim keeps to itself."""
+    return open_http_victim(config, output="head" if config["victimhead"] else "representation",
+                            owner_flags={**OWNER_FLAGS, "watermark": "--watermark"})
 
 
 def main(argv=None) -> Path:
@@ -168,18 +165,28 @@ def main(argv=None) -> Path:
     seed_everything(config["seed"])
     # the owner's side: the service (its checkpoint is read here and nowhere in the attack)
     answers = "head" if config["victimhead"] else "representation"
+    service = None
     if config["victim_url"]:  # the victim is served elsewhere (serve.py): its card is all we know
+        if config["accounts"] != 1:
+            raise UserError("--accounts opens accounts of an in-process service; with --victim-url repeat "
+                            "--api-key, one per account")
         connection, victim_record = http_victim(config)
+        accounts = list(getattr(connection, "connections", [connection]))
     else:
         service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"],
                                                      device=device)
-        connection = service.connect("attacker")
+        accounts = [service.connect(name) for name in account_names(config["accounts"])]
     if config["watermark"] and not victim_record["victim_watermarked"]:
         raise UserError(f"--watermark True needs a watermarked victim, but {victim_record['victim_checkpoint']} "
                         f"has no watermark predictor; drop --watermark or steal a victim trained with "
                         f"`run.py --watermark True`")
     config.update(victim_record)
     config = resolve_defaults(config, config["scale"])
+    if len(accounts) > config["num_queries"]:
+        raise UserError(f"{len(accounts)} accounts for {config['num_queries']} queries: some accounts would send "
+                        f"nothing; lower --accounts (or the number of --api-key) or raise --num_queries")
+    # the routing needs the views per image (the attack sends view-major batches: attack.QueryViews.rows)
+    connection = sybil_connection(accounts, config["sybil_split"], config["n_views"])
     if config["logdir"] is None:
         config["logdir"] = str(steal_run_dir(config["losstype"], config["num_queries"],
                                              config["datasetsteal"] or config["dataset"], config["seed"]))
@@ -195,6 +202,10 @@ def main(argv=None) -> Path:
     write_config(run_dir, config)
     logger = get_logger(run_dir)
     result = steal_encoder(config, connection, run_dir, logger, device)
+    if service is not None:  # the owner's books, per account: what each account's defenses saw
+        stats = account_stats(service, account_names(config["accounts"]))
+        atomic_write_text(run_dir / "accounts.json", json.dumps(stats, indent=2) + "\n")
+        logger.info(f"accounts: {summary(stats)} ({run_dir / 'accounts.json'})")
     if config["watermark"]:
         # the owner's side again: its secret predictor tests the copy (the attack never sees it)
         from defenses.ownership import stolen_watermark

@@ -98,7 +98,7 @@ NUMERIC_RULES: dict[str, Numeric] = {
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
                      "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused", "out_dim_unused",
                      "watermark_hidden", "print_freq", "epochssteal", "nproc", "pretrain_epochs",
-                     "pretrain_batch_size", "moco_dim", "moco_k", "pool_epochs", "max_epochs", "max_batch"], _POS_INT),
+                     "pretrain_batch_size", "moco_dim", "moco_k", "pool_epochs", "max_epochs", "max_batch", "accounts"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "start_epoch", "gpu"], _NONNEG_INT),
     **dict.fromkeys(["world_size", "rank"], Numeric(int, -1)),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),

@@ -50,6 +50,7 @@ SETUP = {
             "step_budget": 50_000, "seeds": [0, 1, 2],
             "defense_queries": 1000, "defense_epochs": 50, "noise_sigmas": [0, 0.25, 0.5, 1, 2],
             "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
+            "sybil_accounts": [1, 2, 4, 8], "sybil_splits": ["views", "images"],
             "ownership_queries": [300, 1000], "table16_queries": [300, 1000, 3000], "table17_queries": 1000,
             "ownership_source": [],
             "imagenet_columns": ["mnistm5k", "mnist5k", "digitsm"], "imagenet_other": "patches",
@@ -70,6 +71,7 @@ SETUP = {
               "step_budget": None, "seeds": [0],
               "defense_queries": 9000, "defense_epochs": None, "noise_sigmas": [0, 1, 2, 3, 4],
               "detect_sigmas": [0, 20, 40, 60], "poison_strengths": [0, 1, 2, 4],
+              "sybil_accounts": [1, 2, 4, 8], "sybil_splits": ["views", "images"],
               "ownership_queries": [10000, 50000], "table16_queries": [10000, 20000, 30000, 40000, 50000, 60000, 70000],
               "table17_queries": 50000, "ownership_source": ["--force", "True"],
               "imagenet_columns": ["cifar10", "cifar100", "stl10", "svhn", "fashionmnist"], "imagenet_other": "cifar10",
@@ -86,6 +88,7 @@ SETUP = {
 }
 TABLES = ("table1", "table2", "table5", "table7", "table9", "efficiency")
 DEFENSE_TABLES = ("table10", "table11", "table12", "table13", "pow", "poison")
+SYBIL_TABLES = ("sybil",)  # several accounts against the per-account defenses (sybil.py)
 OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
 OWNERSHIP_LOSSES = ("mse", "softnn", "infonce")
 IMAGENET_TABLES = ("table3", "table8")
@@ -258,6 +261,59 @@ def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, res
                     "--seed", str(seed), "--label", "adversary", "--results", results] + data_flags
             steps.append(Step("linear_eval", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
                               tags=tags, needs=f"{logdir}/checkpoint.pt"))
+    return steps
+
+
+# the per-account defenses of the Sybil table, each in the setting of its own table: detection as
+# Table 12's cosine column with sigma 20, proof of work with 0-16 bits per query (the pow table's widest)
+SYBIL_DEFENSES = {"detect": ["--defenses", "detect", "--detect-metric", "cosine", "--sigma", "20"],
+                  "pow": ["--defenses", "pow", "--pow-bits-min", "0", "--pow-bits-max", "16"]}
+
+
+def sybil_cells(s: dict) -> list[tuple[str, str, list[str], dict]]:
+    """The Sybil table's cells: ``(row = defense, column, steal flags, extra tags)``. The attacker is
+    Table 12's (InfoNCE on two augmented views of each image, the defense tables' queries and
+    epochs) spread over K accounts; above one account, once per ``--sybil-split`` (column
+    ``K=k`` for views, the default, ``K=k images`` for images). One account is the same attack
+    as steal.py without --accounts (it is named in the flags so that its run records accounts.json)."""
+    adversary = ["--losstype", "infonce", "--n-views", "2", "--num_queries", str(s["defense_queries"])]
+    adversary += ["--epochs", str(s["defense_epochs"])] if s["defense_epochs"] else []
+    cells = []
+    for defense, flags in SYBIL_DEFENSES.items():
+        for k in s["sybil_accounts"]:
+            for split in (s["sybil_splits"] if k > 1 else s["sybil_splits"][:1]):
+                column = f"K={k}" if split == "views" else f"K={k} {split}"
+                extra = ["--accounts", str(k)] + ([] if split == "views" else ["--sybil-split", split])
+                cells.append((defense, column, adversary + flags + extra,
+                              {"defense": defense, "accounts": str(k), "split": split}))
+    return cells
+
+
+def sybil_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
+    """The Sybil table: per seed and cell, a stealing run through K accounts of the defended victim,
+    the stolen encoder's linear probe (``what=probe``) and the run's per-account defense statistics
+    (``what=accounts``, ``python sybil.py``: flagged fraction, deviation score, puzzle bits)."""
+    s = SETUP[scale]
+    data_flags = ["-data", data] if data else []
+    steps: list[Step] = []
+    for seed in seeds:
+        vckpt = victim_checkpoint(s["victim"], seed)
+        steps.append(Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale]
+                          + data_flags, done_when=vckpt))
+        base = {"table": table, "scale": scale, "seed": str(seed), "victim_train_size": str(s["victim_train_size"])}
+        for row, column, flags, extra in sybil_cells(s):
+            logdir = str(table_run_dir(scale, s["victim"], seed, run_name("steal", flags)))
+            ckpt = f"{logdir}/checkpoint.pt"
+            steps.append(Step("steal", ["--victim-checkpoint", vckpt, "--seed", str(seed), "--logdir", logdir,
+                                        "--clear"] + flags + data_flags, done_when=ckpt))
+            tags = {**base, "row": row, "column": column, **extra, "what": "probe"}
+            argv = ["--checkpoint", ckpt, "--modeltype", "stolen", "--dataset-test", s["victim"], "--seed", str(seed),
+                    "--label", "adversary", "--results", results] + data_flags
+            steps.append(Step("linear_eval", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+                              tags=tags, needs=ckpt))
+            tags = {**tags, "what": "accounts"}
+            steps.append(Step("sybil", ["--run", logdir, "--results", results]
+                              + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")], tags=tags, needs=ckpt))
     return steps
 
 
@@ -483,7 +539,9 @@ def checkpoint_finished(path: str) -> bool:
 
 
 def probe_done(step: Step, records: list[dict]) -> bool:
-    keys = ("table", "scale", "row", "column", "seed")
+    # a step that records one of several kinds of record per cell (the Sybil table's probe and its
+    # account statistics) names the kind in its "what" tag
+    keys = ("table", "scale", "row", "column", "seed") + (("what",) if "what" in step.tags else ())
     return any(all(str(r.get(k)) == str(step.tags[k]) for k in keys) for r in records)
 
 
@@ -525,9 +583,11 @@ def pending(steps: list[Step], records: list[dict]) -> list[bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", choices=TABLES + IMAGENET_TABLES + DEFENSE_TABLES + OWNERSHIP_TABLES + STUDY_TABLES,
+    p.add_argument("table", choices=TABLES + IMAGENET_TABLES + DEFENSE_TABLES + SYBIL_TABLES + OWNERSHIP_TABLES
+                   + STUDY_TABLES,
                    help="which table (defenses: table10 noise mean 10, table11 noise mean 0, table12 detection, "
-                        "table13 detection error rates = Tables 13-15, pow proof of work, poison; ownership: table4 "
+                        "table13 detection error rates = Tables 13-15, pow proof of work, poison; sybil: the table12 "
+                        "attacker spread over 1-8 accounts against detection and proof of work; ownership: table4 "
                         "watermark t-test and the watermark's cost, table16 WSR by queries and loss, table17 WSR by "
                         "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public; "
                         "ImageNet: table3 losses and query sets, table8 number of CIFAR10 queries; sslextract: the "
@@ -556,6 +616,8 @@ def main(argv=None) -> list[Step]:
         steps = imagenet_plan(args.table, args.scale, seeds, args.data, results, args.pretrained)
     elif args.table in STUDY_TABLES:
         steps = study_plan(args.table, args.scale, seeds, args.data, results)
+    elif args.table in SYBIL_TABLES:
+        steps = sybil_plan(args.table, args.scale, seeds, args.data, results)
     else:
         make = (defense_plan if args.table in DEFENSE_TABLES else ownership_plan if args.table in OWNERSHIP_TABLES
                 else plan)

@@ -43,7 +43,7 @@ EXPECTED = {
                      "num_labeled_unused", "out_dim_unused", "temperature_unused", "watermark_hidden", "alpha",
                      "print_freq", "epochssteal", "nproc", "pretrain_epochs", "pretrain_batch_size", "moco_dim",
                      "moco_k", "pool_epochs", "max_epochs", "pretrain_lr", "moco_t", "lr_head", "distill_temperature",
-                     "distill_crop_min_scale", "query_fraction", "port", "max_batch", "max_body_mb"],
+                     "distill_crop_min_scale", "query_fraction", "port", "max_batch", "max_body_mb", "accounts"],
                    (False, False)),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "pow_bits_min", "pow_bits_max", "weight_decay",
                      "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "hflip_p", "momentum", "probe_wd", "sigma_unused",
