@@ -32,6 +32,7 @@ offers ``probabilities`` (the default), ``logits``, ``top5`` and ``labels``:
 from __future__ import annotations
 
 import argparse
+import time
 
 from utils import HelpFormatter, apply_numeric_rules, run_cli
 from victim import VICTIM_TYPES
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--head-access", action="store_true", help="may ask for projection-head outputs")
     create.add_argument("--rate-limit", type=float, default=None,
                         help="requests per second (a token bucket of one second; over it: 429 with retry_after)")
+    create.add_argument("--expires-days", type=float, default=None,
+                        help="the key stops working this many days from now (401 'expired'; default: never)")
+    apply_numeric_rules(create)
     for q in (create, acc_sub.add_parser("list", help="every account and its usage")):
         q.add_argument("--ledger", dest="sub_ledger", default=None, help="the ledger (overrides the main --ledger)")
     p.add_argument("--victim-checkpoint", default=None, help="the victim encoder's checkpoint (run.py's default "
@@ -101,14 +105,21 @@ def main(argv=None):
     if args.command == "accounts":
         ledger = Ledger(args.sub_ledger or args.ledger)
         if args.action == "create":
+            expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
             key = ledger.create_account(args.name, budget=args.budget, head_access=args.head_access,
-                                        rate_limit=args.rate_limit)
+                                        rate_limit=args.rate_limit, expires=expires)
             print(key)
             return key
         rows = [ledger.usage(name) for name in ledger.names()]
         for row in rows:
+            account = ledger.account(row["account"])
             budget = "unlimited" if row["budget"] is None else row["budget"]
-            print(f"{row['account']}: used {row['used']} of {budget} in {row['requests']} requests")
+            extra = [label for label, on in (("head access", account.head_access),
+                                             (f"{account.rate_limit:g} requests/s", account.rate_limit is not None),
+                                             (f"expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.expires or 0))}",
+                                              account.expires is not None)) if on]
+            print(f"{row['account']}: used {row['used']} of {budget} in {row['requests']} requests"
+                  + (f" ({', '.join(extra)})" if extra else ""))
         return rows
     import uvicorn
 

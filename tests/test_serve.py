@@ -385,3 +385,13 @@ def test_the_service_on_a_postgresql_ledger(server, postgres_server):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_an_expired_key_is_refused_and_counts_nothing(server):
+    book = Ledger(server["ledger"])
+    old = book.create_account("old", budget=10, expires=time.time() - 1)
+    code, reply = post(server["url"], _body(images(1)), old)
+    assert code == 401 and "expired" in reply["error"] and book.usage("old")["used"] == 0
+    fresh = serve.main(["accounts", "create", "week", "--expires-days", "7", "--ledger", server["ledger"]])
+    assert abs(book.account("week").expires - (time.time() + 7 * 86400)) < 60
+    assert post(server["url"], _body(images(1)), fresh)[0] == 200
