@@ -226,6 +226,16 @@ def defense_columns(table: str, s: dict) -> list[tuple[str, list[str], list[str]
     raise KeyError(table)
 
 
+def seed_victim(table: str, s: dict, scale: str, seed: int, data_flags: list[str]) -> tuple[str, Step, dict]:
+    """One seed's victim of a defense plan: its checkpoint, the run.py step that makes it (resumed,
+    skipped once it exists) and the tags every record of that seed carries."""
+    vckpt = victim_checkpoint(s["victim"], seed)
+    step = Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale] + data_flags,
+                done_when=vckpt)
+    return vckpt, step, {"table": table, "scale": scale, "seed": str(seed),
+                         "victim_train_size": str(s["victim_train_size"])}
+
+
 def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
     """Tables 10-15, the proof-of-work table and prediction poisoning: per seed and column, a
     legitimate user and an adversary facing the same defended victim (Tables 10-12, poison),
@@ -234,10 +244,8 @@ def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, res
     data_flags = ["-data", data] if data else []
     steps: list[Step] = []
     for seed in seeds:
-        vckpt = victim_checkpoint(s["victim"], seed)
-        steps.append(Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale]
-                          + data_flags, done_when=vckpt))
-        base = {"table": table, "scale": scale, "seed": str(seed), "victim_train_size": str(s["victim_train_size"])}
+        vckpt, step, base = seed_victim(table, s, scale, seed, data_flags)
+        steps.append(step)
         if table in ("table13", "pow"):
             tags = {**base, "row": "detection" if table == "table13" else "pow", "column": "all"}
             argv = ["detection" if table == "table13" else "pow", "--victim-checkpoint", vckpt, "--seed", str(seed),
@@ -297,10 +305,8 @@ def sybil_plan(table: str, scale: str, seeds: list[int], data: str | None, resul
     data_flags = ["-data", data] if data else []
     steps: list[Step] = []
     for seed in seeds:
-        vckpt = victim_checkpoint(s["victim"], seed)
-        steps.append(Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale]
-                          + data_flags, done_when=vckpt))
-        base = {"table": table, "scale": scale, "seed": str(seed), "victim_train_size": str(s["victim_train_size"])}
+        vckpt, step, base = seed_victim(table, s, scale, seed, data_flags)
+        steps.append(step)
         for row, column, flags, extra in sybil_cells(s):
             logdir = str(table_run_dir(scale, s["victim"], seed, run_name("steal", flags)))
             ckpt = f"{logdir}/checkpoint.pt"

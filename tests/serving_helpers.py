@@ -47,3 +47,19 @@ def post(url, body: bytes, key=None, path="/v1/embeddings"):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
+
+
+def tiny_victim_and_accounts(root, accounts: dict):
+    """A one-epoch tiny victim (run.py) and a ledger beside it with ``accounts`` (name -> the
+    ``serve.py accounts create`` flags); returns ``(victim checkpoint, ledger path, {name: key})``."""
+    import run
+    import serve
+
+    victim = run.main([*TINY, "--epochs", "1", "--logdir", str(root / "victim")])
+    ledger = str(root / "ledger.db")
+    keys = {name: serve.main(["accounts", "create", name, "--ledger", ledger, *flags])
+            for name, flags in accounts.items()}
+    return victim, ledger, keys

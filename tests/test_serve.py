@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 
-import run
 import serve
 from client import HTTPConnection, QueryClient
 from errors import QueryBudgetExceeded
@@ -20,18 +19,12 @@ from ledger import Ledger
 from utils import UserError
 from victim import build_service, load_victim
 
-from serving_helpers import post, start_server
-
-TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
-
+from serving_helpers import post, start_server, tiny_victim_and_accounts
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    victim = run.main([*TINY, "--epochs", "1", "--logdir", str(root / "victim")])
-    ledger = str(root / "ledger.db")
-    keys = {name: serve.main(["accounts", "create", name, "--ledger", ledger, *budget])
-            for name, budget in (("alice", ["--budget", "50"]), ("bob", []), ("crowd", ["--budget", "1000"]))}
+    victim, ledger, keys = tiny_victim_and_accounts(tmp_path_factory.mktemp("serve"), {
+        "alice": ["--budget", "50"], "bob": [], "crowd": ["--budget", "1000"]})
     proc, url = start_server(victim, ledger)
     yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
     proc.terminate()

@@ -9,7 +9,6 @@ import torch
 
 import knockoff
 import legitimate
-import run
 import serve
 import steal
 import stealhead
@@ -19,19 +18,15 @@ from ledger import Ledger
 from models import load_checkpoint
 from utils import UserError
 
-from serving_helpers import start_server
+from serving_helpers import TINY, start_server, tiny_victim_and_accounts
 
-TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
 ROOMY = ["--max-batch", "256", "--max-body-mb", "4"]  # legitimate.py sends 256 images per call
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_attacks")
-    victim = run.main([*TINY, "--epochs", "1", "--logdir", str(root / "victim")])
-    ledger = str(root / "ledger.db")
-    keys = {name: serve.main(["accounts", "create", name, "--ledger", ledger, *extra])
-            for name, extra in (("headed", ["--head-access"]), ("plain", []), ("poor", ["--budget", "10"]))}
+    victim, ledger, keys = tiny_victim_and_accounts(tmp_path_factory.mktemp("serve_attacks"), {
+        "headed": ["--head-access"], "plain": [], "poor": ["--budget", "10"]})
     encoder, encoder_url = start_server(victim, ledger, extra=ROOMY)
     classifier, classifier_url = start_server(victim, ledger, extra=[*ROOMY, "--outputs", "logits", "probabilities"])
     yield {"encoder": encoder_url, "classifier": classifier_url, "keys": keys, "victim": victim, "ledger": ledger}
