@@ -196,32 +196,98 @@ def query_indices(pool_size: int, num_queries: int, seed: int) -> torch.Tensor:
     return order[:num_queries].sort().values
 
 
+# the owner's flags of sslextract.py: with --victim-url the classifier and how it was built are serve.py's
+SERVED_OWNER_FLAGS = {"victim_checkpoint": "--victim-checkpoint", "victimtype": "--victimtype"}
 
-def run(config: dict, *, logger=None) -> dict:
+
+def open_served_classifier(config: dict) -> tuple:
+    """``--victim-url``/``--api-key``: a connection to a classifier served by ``serve.py``, answering
+    ``config["victim_output"]``, and what to record about it (:func:`client.open_http_victim`).
+
+    ``--dataset`` and ``--image-size`` are checked against the card's ``task`` and ``input_size``;
+    ``--arch``, ``--width`` and ``--stem`` name the attacker's encoder here, so they are not compared
+    with the victim's. One :class:`errors.UserError` for an owner's flag (``--victim-checkpoint``,
+    ``--victimtype``), a service that answers an encoder, or a flag the card contradicts.
+    """
+    from client import open_http_victim
+    from utils import UserError
+
+    attacker_flags = {"dataset": None, "arch": None, "width": None, "stem": None}  # checked here, or the attacker's
+    connection, record = open_http_victim({**config, **attacker_flags}, output=config["victim_output"],
+                                          owner_flags=SERVED_OWNER_FLAGS)
+    card, url = connection.info, config["victim_url"]
+    if "task" not in card:
+        raise UserError(f"the service at {url} answers an encoder, not a classifier; serve one with "
+                        f"`serve.py --victimtype supervised` (or `serve.py --outputs probabilities ...`)")
+    if config.get("dataset") not in (None, card["task"]):
+        raise UserError(f"--dataset {config['dataset']} differs from the task of the classifier served at {url} "
+                        f"({card['task']}); drop --dataset")
+    if config.get("image_size") not in (None, int(card["input_size"])):
+        raise UserError(f"--image-size {config['image_size']} differs from the input size of the classifier served "
+                        f"at {url} ({card['input_size']}); drop --image-size (the attacker queries at the victim's size)")
+    return connection, record
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """Each image's key as it travels to a served victim: the SHA-256 of its uint8 bytes, so that
+    identical images are one query (``extraction.ServedClassifier`` keys its queries the same way)."""
+    import hashlib
+
+    from client import wire_images
+
+    return [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in wire_images(images).cpu()]
+
+
+def run(config: dict, *, logger=None, served: Optional[tuple] = None) -> dict:
     """The whole study cell from ``sslextract.py``'s resolved flags: the owner's classifier behind a
-    :class:`victim.VictimService`, the attacker's pre-trained (or fresh) encoder, distillation on
-    ``query_fraction`` of the pool through a budgeted :class:`client.QueryClient`, and the metrics
-    on the held-out images. Returns the result record (also written to ``results.json``)."""
+    :class:`victim.VictimService` (or, with ``--victim-url``, a classifier served by ``serve.py``;
+    ``served`` is an already open ``(connection, record)`` from :func:`open_served_classifier`),
+    the attacker's pre-trained (or fresh) encoder, distillation on ``query_fraction`` of the pool
+    through a budgeted :class:`client.QueryClient`, and the metrics on the held-out images.
+    Returns the result record (also written to ``results.json``).
+
+    Over HTTP the victim's side of the metrics is bought too: its answers (``victim_output``) on
+    each distinct held-out image, once, after the distillation (``evaluation_queries`` in the
+    record); the run needs ``round(fraction x pool)`` plus that many queries, and stops before its
+    first query when the account's ``/v1/usage`` cannot cover them. The victim's top-1, its top-5
+    and the agreement come from those answers (identical to the owner's logits for every output
+    but ``labels``, whose top-5 is not measurable and is recorded as ``None``)."""
     import json
 
     from client import QueryClient
     from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
-    from extraction import open_victim, victim_classifier
+    from errors import QueryBudgetExceeded
+    from extraction import ServedClassifier, fit_victim_classifier, open_victim, setup
     from models import build_encoder, load_encoder, save_checkpoint
     from pretrain import pretrain_run
     from simclr import Precision, fit
     from utils import UserError, atomic_write_text, get_logger, prepare_run_dir, write_config
     from victim import ClassifierBackend, VictimService
 
-    device, loaded = open_victim(config)
-    task, size = loaded.dataset, loaded.image_size
-    if config.get("image_size") not in (None, size):
-        raise UserError(f"--image-size {config['image_size']} differs from the victim's input size {size}; "
-                        f"drop --image-size (the attacker queries at the victim's size)")
+    over_http = bool(config.get("victim_url"))
+    if over_http:  # the attacker knows the service's card, nothing more
+        device = setup(config)
+        connection, victim_record = served or open_served_classifier(config)
+        card = connection.info
+        task, size = card["task"], int(card["input_size"])
+        config.update(victim_checkpoint=config["victim_url"], victimtype=None, dataset=task, image_size=size,
+                      api_key=victim_record["api_key"],  # never the keys themselves in config.yaml or checkpoints
+                      victim_card={key: card.get(key) for key in ("dataset", "arch", "width", "stem", "classes")},
+                      defenses=victim_record["defenses"])
+    else:
+        config["victimtype"] = config.get("victimtype") or "supervised"
+        device, loaded = open_victim(config)
+        task, size = loaded.dataset, loaded.image_size
+        if config.get("image_size") not in (None, size):
+            raise UserError(f"--image-size {config['image_size']} differs from the victim's input size {size}; "
+                            f"drop --image-size (the attacker queries at the victim's size)")
+        config.update(victim_checkpoint=str(loaded.path), dataset=task, image_size=size)
     info = dataset_info(task)
     if not info.num_classes:
         raise UserError(f"{task} has no labels, so its victim has no classifier to extract; use a labelled dataset")
-    config.update(victim_checkpoint=str(loaded.path), dataset=task, image_size=size)
+    if over_http and int(card.get("classes") or info.num_classes) != info.num_classes:
+        raise UserError(f"the classifier served at {config['victim_url']} answers {card['classes']} classes, but "
+                        f"its task {task} has {info.num_classes}")
     train = get_dataset(task, info.train_split, root=config["data"], image_size=size)
     evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
                                config["holdout"])[1]
@@ -233,24 +299,42 @@ def run(config: dict, *, logger=None) -> dict:
     epochs = config["epochs"] or distill_epochs(n, len(pool), pool_epochs=config["pool_epochs"],
                                                 cap=config["max_epochs"])
     config.update(num_queries=n, epochs=epochs)
+    x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels
+    if over_http:  # the distillation and the measurement of the victim, paid for before the first query
+        from client import service_remaining
+
+        n_eval = len(set(image_keys(evaluation.images)))
+        left = service_remaining(connection)
+        if left is not None and left < n + n_eval:
+            raise QueryBudgetExceeded(
+                f"the victim service has {left} queries left on this run's account(s), fewer than the {n + n_eval} "
+                f"this run needs ({n} for the distillation, round(--query-fraction x {len(pool)}), and {n_eval} to "
+                f"measure the victim on the {len(evaluation)} held-out images); lower --query-fraction or --holdout, "
+                f"or use an account with a larger budget (serve.py accounts create NAME --budget N)")
     run_dir = prepare_run_dir(config["logdir"])
     if (run_dir / "results.json").exists() and not config["clear"]:
         raise UserError(f"{run_dir} already holds results; pass --clear or another --logdir")
     write_config(run_dir, config)
     logger = logger or get_logger(run_dir)
 
-    # the owner: its classifier, answering config["victim_output"] with exact accounting
-    victim_clf, described = victim_classifier(loaded, config["victimtype"], train, num_classes=info.num_classes,
-                                              seed=config["seed"], device=device)
-    x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels
-    with torch.no_grad():
-        victim_logits = torch.cat([victim_clf(x_eval[i:i + 512]).float().cpu() for i in range(0, len(x_eval), 512)])
-    victim_top1, victim_top5 = accuracy(victim_logits, y_eval, topk=(1, 5))
-    logger.info(f"victim classifier ({described}, {task}): top-1 {victim_top1:.2f}% top-5 {victim_top5:.2f}% on "
-                f"{len(y_eval)} held-out images; it answers {config['victim_output']}")
-    service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
-                            answers=config["victim_output"], info={"dataset": task, "input_size": size})
-    client = QueryClient(service.connect("attacker"), budget=n, log_path=run_dir / "queries.jsonl")
+    if over_http:
+        client = QueryClient(connection, budget=n, log_path=run_dir / "queries.jsonl")
+        logger.info(f"victim classifier: served at {config['victim_url']} ({task}, {card.get('classes')} classes); "
+                    f"it answers {config['victim_output']}")
+    else:
+        # the owner: its classifier, answering config["victim_output"] with exact accounting (built as
+        # serve.py builds it, leaving the random state as it found it)
+        victim_clf, described, _ = fit_victim_classifier(loaded, config["victimtype"], task, data=config["data"],
+                                                         seed=config["seed"], device=device)
+        with torch.no_grad():
+            victim_answers = torch.cat([victim_clf(x_eval[i:i + 512]).float().cpu()
+                                        for i in range(0, len(x_eval), 512)])
+        victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1, 5))
+        logger.info(f"victim classifier ({described}, {task}): top-1 {victim_top1:.2f}% top-5 {victim_top5:.2f}% "
+                    f"on {len(y_eval)} held-out images; it answers {config['victim_output']}")
+        service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
+                                answers=config["victim_output"], info={"dataset": task, "input_size": size})
+        client = QueryClient(service.connect("attacker"), budget=n, log_path=run_dir / "queries.jsonl")
 
     # the attacker's encoder: pre-trained on the whole unlabeled pool (no queries), or fresh
     encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=pinfo.mean,
@@ -294,11 +378,24 @@ def run(config: dict, *, logger=None) -> dict:
     fit(step=step, batches=batches, steps_per_epoch=steps, modules=[model], optimizer=optimizer, epochs=epochs,
         base_lr=config["lr_head"], seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir,
         logger=logger, desc=f"distill {config['pretrain']}", tensorboard=False)
-    metrics = fidelity_and_accuracy(model, x_eval, y_eval, victim_logits)
+    if over_http:  # the victim's side of the metrics, bought after the distillation: each held-out image once
+        measure = QueryClient(connection)
+        victim_of = ServedClassifier(measure)
+        victim_answers = torch.cat([victim_of(x_eval[i:i + 512]).float().cpu() for i in range(0, len(x_eval), 512)])
+        if config["victim_output"] == "labels":  # one-hot answers rank only the predicted class
+            victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1,))[0], None
+        else:
+            victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1, 5))
+        logger.info(f"victim classifier (served at {config['victim_url']}, {task}): top-1 {victim_top1:.2f}%"
+                    + ("" if victim_top5 is None else f" top-5 {victim_top5:.2f}%")
+                    + f" on {len(y_eval)} held-out images, measured with {measure.queries_used} queries")
+    metrics = fidelity_and_accuracy(model, x_eval, y_eval, victim_answers)
     record = {"pretrain": config["pretrain"], "query_fraction": config["query_fraction"],
               "queries": client.queries_used,
               "pool": len(pool), "victim_output": config["victim_output"], "epochs": epochs,
               "metrics": metrics, "victim": {"top1": victim_top1, "top5": victim_top5}, "n_test": len(y_eval),
               "seed": config["seed"], "run_dir": str(run_dir)}
+    if over_http:
+        record["evaluation_queries"] = measure.queries_used
     atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
     return record

@@ -32,11 +32,24 @@ Reported on the held-out images (the last ``--holdout`` of the task's test split
 queried): the stolen classifier's top-1 and top-5 accuracy on the true labels and its
 agreement (fidelity) with the victim's predictions, beside the victim's own accuracy.
 
+**A victim served over HTTP** (``--victim-url URL --api-key KEY``): the classifier of ``serve.py
+--victimtype supervised`` (or of ``serve.py --outputs probabilities ...``). Its card (``/v1/info``)
+gives the task (the pool, unless ``--datasetsteal``), the classes and the input size (``--dataset``
+and ``--image-size``, when given, must agree with it); ``--victim-output`` is the output the account
+buys, and the owner's flags (``--victim-checkpoint``, ``--victimtype``) are refused. The run buys
+round(fraction x pool) answers for the distillation, then the victim's answers on each distinct
+held-out image, once, for its accuracy and the agreement (``evaluation_queries`` in the record;
+with ``labels`` the victim's top-5 is not measurable and is recorded as null). An account whose
+``/v1/usage`` cannot cover both is refused with one sentence before the first query. Pre-training
+queries nothing and is the same either way; with the same seed, the run equals the in-process one.
+
 Examples:
   python simclrsup.py --dataset mnistm5k                         # the victim classifier (once)
   python sslextract.py --pretrain moco --query-fraction 0.01     # cpu scale, offline data
   python sslextract.py --pretrain none --query-fraction 0.01 --victim-output labels
   python sslextract.py --pretrain moco --pretrain-only           # pre-train, query nothing
+  python serve.py --victimtype supervised --port 8000             # the victim as a service (owner)
+  python sslextract.py --victim-url http://127.0.0.1:8000 --api-key KEY --victim-output probabilities
   python scripts/tables.py sslextract --scale cpu                # the study's table, 3 seeds
 
 Outputs in --logdir (default runs/sslextract_<method>_<fraction>_<output>_s<seed>): config.yaml,
@@ -49,8 +62,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from client import add_http_victim_args
 from data_aug import DATASETS
-from distill import DISTILL_KINDS, run
+from distill import DISTILL_KINDS, open_served_classifier, run
 from pretrain import PRETRAIN, pretrain_run
 from utils import (HelpFormatter, add_common_args, append_jsonl, apply_numeric_rules, defaults_epilog, parse_tags,
                    preset_for, pretrain_run_dir, run_cli, run_dir, scale_of, str2bool)
@@ -80,23 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("victim")
     g.add_argument("--victim-checkpoint", default=None,
                    help="the victim (default: simclrsup.py's default run for --dataset and --seed, or run.py's "
-                        "with --victimtype simclr)")
-    g.add_argument("--victimtype", default="supervised", choices=sorted(VICTIM_TYPES),
-                   help="supervised: a simclrsup.py checkpoint answers with its own classifier; simclr: a run.py "
-                        "victim encoder with a linear probe fitted on its dataset's train split")
+                        "with --victimtype simclr; not with --victim-url)")
+    g.add_argument("--victimtype", default=None, choices=sorted(VICTIM_TYPES),
+                   help="the owner's classifier (default supervised): supervised: a simclrsup.py checkpoint answers "
+                        "with its own classifier; simclr: a run.py victim encoder with a linear probe fitted on its "
+                        "dataset's train split (not with --victim-url: serve.py builds the served classifier)")
     g.add_argument("--victim-output", default="probabilities", choices=DISTILL_KINDS,
-                   help="what the victim answers per query (the README says what each costs the attacker)")
+                   help="what the victim answers per query (the README says what each costs the attacker); with "
+                        "--victim-url, the output the account buys (one the service offers it)")
     g.add_argument("--dataset", default=None, choices=sorted(DATASETS), metavar="NAME",
-                   help="the victim's task (default: from its checkpoint; mnistm5k for the default path)")
+                   help="the victim's task (default: from its checkpoint, or the card's task with --victim-url; "
+                        "mnistm5k for the default path)")
     g.add_argument("--datasetsteal", default=None, choices=sorted(DATASETS), metavar="NAME",
                    help="the attacker's unlabeled pool (default: the task's train split, as the study's ImageNet)")
     g.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
     g.add_argument("--holdout", type=int, default=None,
-                   help="evaluation images at the end of the task's test split (default 1000; never queried)")
+                   help="evaluation images at the end of the task's test split (default 1000; never used for "
+                        "distillation; with --victim-url the victim's answers on them are bought, each image once)")
     g.add_argument("--image-size", type=int, default=None,
-                   help="input size (default: the victim's; with --pretrain-only, the dataset's default at --scale)")
+                   help="input size (default: the victim's, the card's input_size with --victim-url; with "
+                        "--pretrain-only, the dataset's default at --scale)")
     g.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
                    help="defaults by scale (auto: cpu for the offline datasets, paper otherwise)")
+
+    add_http_victim_args(p)
 
     g = p.add_argument_group("the attacker's encoder and its pre-training (no queries)")
     g.add_argument("--pretrain", default="moco", choices=PRETRAIN,
@@ -174,6 +195,8 @@ def resolve(args: argparse.Namespace) -> dict:
     if isinstance(config["pretrain_epochs"], dict):  # by method
         config["pretrain_epochs"] = config["pretrain_epochs"].get(config["pretrain"], 0) or None
     config["scale"] = scale
+    if config["victimtype"] is None and not config.get("victim_url"):
+        config["victimtype"] = "supervised"  # the owner's classifier; a served one is serve.py's
     if config["stem"] is None:
         config["stem"] = "imagenet" if (config["image_size"] or preset["image_size"]) >= 128 else "cifar"
     pool = config["datasetsteal"] or dataset
@@ -213,11 +236,17 @@ def pretrain_only(config: dict) -> str:
 
 
 def main(argv=None):
-    config = resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    served = None
+    if args.victim_url:  # the task and the input size come from the service's card (reading it costs no query)
+        served = open_served_classifier(vars(args))
+        args.dataset, args.image_size = served[0].info["task"], int(served[0].info["input_size"])
+        args.api_key = served[1]["api_key"]  # redacted: the open connection holds the keys
+    config = resolve(args)
     if config["pretrain_only"]:
         return pretrain_only(config)
     tags = parse_tags(config["tag"])
-    record = run(config)
+    record = run(config, served=served)
     record.update(tags)
     if config["results"]:
         append_jsonl(config["results"], record)
