@@ -226,25 +226,25 @@ def defense_columns(table: str, s: dict) -> list[tuple[str, list[str], list[str]
     raise KeyError(table)
 
 
-def seed_victim(table: str, s: dict, scale: str, seed: int, data_flags: list[str]) -> tuple[str, Step, dict]:
-    """One seed's victim of a defense plan: its checkpoint, the run.py step that makes it (resumed,
-    skipped once it exists) and the tags every record of that seed carries."""
-    vckpt = victim_checkpoint(s["victim"], seed)
-    step = Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale] + data_flags,
-                done_when=vckpt)
-    return vckpt, step, {"table": table, "scale": scale, "seed": str(seed),
-                         "victim_train_size": str(s["victim_train_size"])}
+def seed_victims(table: str, scale: str, seeds: list[int], data: str | None):
+    """Per seed, a defense plan's victim: yields ``(setup, data flags, seed, victim checkpoint, the
+    run.py step that makes it (resumed, skipped once it exists), the tags of that seed's records)``."""
+    s = SETUP[scale]
+    data_flags = ["-data", data] if data else []
+    for seed in seeds:
+        vckpt = victim_checkpoint(s["victim"], seed)
+        step = Step("run", ["--dataset", s["victim"], "--seed", str(seed), "--resume", "--scale", scale] + data_flags,
+                    done_when=vckpt)
+        yield s, data_flags, seed, vckpt, step, {"table": table, "scale": scale, "seed": str(seed),
+                                                 "victim_train_size": str(s["victim_train_size"])}
 
 
 def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
     """Tables 10-15, the proof-of-work table and prediction poisoning: per seed and column, a
     legitimate user and an adversary facing the same defended victim (Tables 10-12, poison),
     or the training-free measurements of ``defenses.measure`` (table13 = Tables 13-15, pow)."""
-    s = SETUP[scale]
-    data_flags = ["-data", data] if data else []
     steps: list[Step] = []
-    for seed in seeds:
-        vckpt, step, base = seed_victim(table, s, scale, seed, data_flags)
+    for s, data_flags, seed, vckpt, step, base in seed_victims(table, scale, seeds, data):
         steps.append(step)
         if table in ("table13", "pow"):
             tags = {**base, "row": "detection" if table == "table13" else "pow", "column": "all"}
@@ -301,11 +301,8 @@ def sybil_plan(table: str, scale: str, seeds: list[int], data: str | None, resul
     """The Sybil table: per seed and cell, a stealing run through K accounts of the defended victim,
     the stolen encoder's linear probe (``what=probe``) and the run's per-account defense statistics
     (``what=accounts``, ``python sybil.py``: flagged fraction, deviation score, puzzle bits)."""
-    s = SETUP[scale]
-    data_flags = ["-data", data] if data else []
     steps: list[Step] = []
-    for seed in seeds:
-        vckpt, step, base = seed_victim(table, s, scale, seed, data_flags)
+    for s, data_flags, seed, vckpt, step, base in seed_victims(table, scale, seeds, data):
         steps.append(step)
         for row, column, flags, extra in sybil_cells(s):
             logdir = str(table_run_dir(scale, s["victim"], seed, run_name("steal", flags)))
