@@ -205,7 +205,8 @@ def main(argv=None) -> Path:
     if service is not None:  # the owner's books, per account: what each account's defenses saw
         stats = account_stats(service, account_names(config["accounts"]))
         atomic_write_text(run_dir / "accounts.json", json.dumps(stats, indent=2) + "\n")
-        logger.info(f"accounts: {summary(stats)} ({run_dir / 'accounts.json'})")
+        if config["accounts"] > 1 or service.defenses:  # a lone undefended account has nothing to tell
+            logger.info(f"accounts: {summary(stats)} ({run_dir / 'accounts.json'})")
     if config["watermark"]:
         # the owner's side again: its secret predictor tests the copy (the attack never sees it)
         from defenses.ownership import stolen_watermark
