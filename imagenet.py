@@ -16,7 +16,10 @@ How a run goes:
    streamed from a DataLoader with workers for image folders, once; the answers are gathered
    by every process and kept in ``answers.pt``. So the budget is exact in total: every image
    is asked once, by one process, whatever the number of processes and epochs, and a resumed
-   run asks nothing again.
+   run asks nothing again. The victim may be in this process (``--pretrained``) or served over
+   HTTP (``serve.py``, ``--victim-url``: each process opens its own connection; the job's total
+   is checked against the account's ``/v1/usage`` before the first query, and the images travel
+   as uint8, see :func:`query_victim`).
 2. **Training.** Each epoch draws one order of the query images from ``(seed, epoch)``, the
    same in every process; global batch ``s`` is split among the ranks (row ``j`` to rank
    ``j mod world_size``), so a job of N processes sees the same global batches as one process
@@ -38,10 +41,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from client import QueryClient
+from client import QueryClient, service_remaining
 from data_aug import SimCLRAugment, dataset_info, get_dataset, iterate_batches, to_float
 from distributed import Dist
-from errors import UserError
+from errors import QueryBudgetExceeded, UserError
 from lars import LARS
 from loss import LOSSES, SPECS
 from models import build_encoder, load_checkpoint, load_state_dict_strict, save_checkpoint
@@ -94,9 +97,29 @@ def query_victim(connection, pool, indices: torch.Tensor, *, image_size: int, ba
     Rank ``r`` asks the images at positions ``r, r + W, r + 2W, ...`` through its own
     :class:`QueryClient` (budget: its share), then every rank gathers all answers. Returns the
     answers ``len(indices) x D`` (float32, CPU, in the order of ``indices``) and each rank's count.
+
+    A victim served over HTTP (``client.HTTPConnection``: every rank opens its own, with the same
+    key) is asked first, by every rank, how many queries the account has left (``/v1/usage``):
+    fewer than ``len(indices)`` is one :class:`errors.QueryBudgetExceeded`, before any query; the
+    server's ledger then counts exactly ``len(indices)`` for the job. Queries travel as uint8
+    (``client.wire_images``): exact for images read at ``image_size`` (an ImageFolder such as
+    ImageNet's), rounded to the nearest of 256 levels for images resized here (a query set at
+    another resolution), so the victim answers the rounded view.
     """
     n, world = len(indices), dist.world_size
     mine = torch.arange(dist.rank, n, world)
+    # a served victim (serve.py, a connection with remaining(): /v1/usage) sells the account(s) a
+    # limited number of queries; every rank shares them, so the whole job's queries are checked
+    # against it here, by every rank before any rank asks one (the barrier), rather than each
+    # rank's share alone: a job the account cannot pay for stops before its first query
+    left = service_remaining(connection)
+    if left is not None:
+        if left < n:
+            raise QueryBudgetExceeded(
+                f"the victim service has {left} queries left on the account(s) of --api-key, fewer than the "
+                f"{n} of --num_queries; lower --num_queries or use an account with a larger budget (serve.py "
+                f"accounts create NAME --budget N)")
+        dist.barrier()
     client = QueryClient(connection, budget=len(mine))
     parts = []
     batches = iterate_batches(pool, batch_size, indices=indices[mine], device=dist.device, workers=workers)

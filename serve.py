@@ -28,10 +28,19 @@ offers ``probabilities`` (the default), ``logits``, ``top5`` and ``labels``:
   python serve.py --victimtype supervised --port 8000          # the victim of sslextract.py / extract.py
   python serve.py --outputs logits probabilities --port 8000   # knockoff.py's: a SimCLR victim + probe
   python knockoff.py --victim-url http://127.0.0.1:8000 --api-key sk-... --modeloutput logits
+
+A SimSiam export (the ImageNet victim of stealsimsiam.py) is served like any encoder; its card
+says dataset imagenet, input_size 224 (or --input-size), arch, width, stem and out_dim (2048 for
+ResNet50). At 224 px a batch of 256 is about 49 MiB of JSON: raise --max-body-mb (e.g. 64) or
+lower --max-batch:
+
+  python serve.py --pretrained models/checkpoint_0099-batch256.pth.tar --max-body-mb 64 --port 8000
+  python stealsimsiam.py --victim-url http://127.0.0.1:8000 --api-key sk-... --datasetsteal imagenet ...
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from utils import HelpFormatter, apply_numeric_rules, run_cli
@@ -61,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     apply_numeric_rules(create)
     for q in (create, acc_sub.add_parser("list", help="every account and its usage")):
         q.add_argument("--ledger", dest="sub_ledger", default=None, help="the ledger (overrides the main --ledger)")
-    p.add_argument("--victim-checkpoint", default=None, help="the victim encoder's checkpoint (run.py's default "
-                   "run for --dataset and --seed when omitted)")
+    p.add_argument("--victim-checkpoint", "--pretrained", dest="victim_checkpoint", default=None,
+                   help="the victim encoder's checkpoint (run.py's default run for --dataset and --seed when omitted): "
+                        "any checkpoint of this project, or a SimSiam export (the published ImageNet format that "
+                        "stealsimsiam.py --pretrained reads; --pretrained is this flag's other name), served as "
+                        "its backbone's representations with dataset imagenet on the card")
+    p.add_argument("--input-size", dest="image_size", type=int, default=None, metavar="PX",
+                   help="the image size the service accepts and publishes on its card (default: the size the victim "
+                        "was trained at, from its checkpoint; a SimSiam export records none, so 224, ImageNet's). "
+                        "The encoders pool globally, so they run at any size: e.g. a small stand-in victim")
     p.add_argument("--victimtype", default="simclr", choices=sorted(VICTIM_TYPES),
                    help="simclr: a SimCLR-type victim (run.py); supervised: a supervised victim (simclrsup.py), "
                         "served as its own classifier by default; the checkpoint is checked against it")
@@ -148,6 +164,8 @@ def build_victim_service(args, device):
 
     victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed, victimtype=args.victimtype)
     check_victim_type(victim, args.victimtype)
+    if getattr(args, "image_size", None) is not None:  # --input-size: what the card publishes, the server accepts
+        victim = dataclasses.replace(victim, image_size=args.image_size)
     outputs = args.outputs
     if outputs is None:
         outputs = (list(CLASSIFIER_OUTPUTS) if args.victimtype == "supervised" else

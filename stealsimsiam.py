@@ -22,6 +22,19 @@ Examples:
   torchrun --nproc_per_node 2 stealsimsiam.py --pretrained runs/imagenet_cpu/simsiam_victim.pth.tar \\
       --data runs/imagenet_cpu --datasetsteal imagenet --image-size 28 --num_queries 2000 -b 64 --epochs 20
 
+A victim served over HTTP (serve.py, e.g. `serve.py --pretrained CKPT`): --victim-url URL --api-key KEY
+instead of --pretrained. The victim's architecture, width, stem and input size come from its card
+(/v1/info; --image-size, if given, must equal the served input size); the job's --num_queries is
+checked against the account's /v1/usage before the first query (under torchrun every process opens
+its own connection with the same key and asks its share; the ledger counts the total exactly).
+Queries travel as uint8: images read at --image-size (an ImageFolder such as ImageNet's) go
+exactly; a query set at another resolution is resized here to float views that are rounded to
+the nearest of 256 levels when sent, so the victim answers the rounded view. The stolen encoder's
+augmentations stay on this side and cost no query.
+  python serve.py --pretrained models/checkpoint_0099-batch256.pth.tar --max-body-mb 64 --port 8000
+  python stealsimsiam.py --victim-url http://127.0.0.1:8000 --api-key sk-... --datasetsteal imagenet \\
+      --data /datasets --num_queries 100000 --batch-size 512 --lars --losstype infonce --temperature 0.1
+
 Under torchrun every process reads the same flags; rank 0 alone logs and writes. The run
 directory gets config.yaml, train.log, metrics.jsonl, queries.json, answers.pt (the victim's
 answers, so a resumed run asks nothing again) and checkpoint.pt (the stolen encoder, after
@@ -33,6 +46,7 @@ import argparse
 import json
 from pathlib import Path
 
+from client import add_http_victim_args, open_http_victim
 from data_aug import DATASETS
 from distributed import add_job_args, default_workers, launch, quiet_logger, run_ranks
 from errors import UserError
@@ -53,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default="",
                    help="the victim's checkpoint: the published SimSiam format (e.g. checkpoint_0099-batch256.pth.tar) "
                         "or any checkpoint of this project (the reference ignored this flag and used a hard-coded "
-                        "path)")
+                        "path); with --victim-url the victim is the served one and this flag is refused")
+
+    add_http_victim_args(p)
 
     g = p.add_argument_group("queries")
     g.add_argument("--data", "-data", dest="data", metavar="DIR", default=None,
@@ -76,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the reference's; the CPU stand-in of the tables uses 0.8 for 28 px digits)")
     g.add_argument("--image-size", dest="image_size", type=int, default=None,
                    help="resolution of the queries and of the stolen encoder's inputs (default: the victim's, 224 "
-                        "for SimSiam); smaller query images are resized on the device")
+                        "for SimSiam; with --victim-url the served input size, which it must equal); query images "
+                        "of another size are resized on the device")
 
     g = p.add_argument_group("stolen encoder and training")
     g.add_argument("-a", "--arch", default=None,
@@ -148,22 +165,46 @@ def _resume_state(config: dict, run_dir: Path):
     return ckpt
 
 
+def http_victim(config: dict) -> tuple:
+    """``--victim-url``: this process's connection to the served victim (``client.open_http_victim``;
+    every rank opens its own) and its card. --pretrained, the owner's flag, is refused; -a/--arch,
+    --width and --stem name the *stolen* encoder here, so they are not checked against the card,
+    but --image-size must be the size the service accepts."""
+    connection, record = open_http_victim(
+        {key: config.get(key) for key in ("victim_url", "api_key", "pretrained")}, output="representation",
+        owner_flags={"pretrained": "--pretrained"})
+    card = connection.info
+    if config.get("image_size") is not None and config["image_size"] != card["input_size"]:
+        raise UserError(f"--image-size {config['image_size']} differs from the {card['input_size']} px images the "
+                        f"victim served at {config['victim_url']} accepts; drop --image-size (or serve the victim "
+                        f"with `serve.py --input-size {config['image_size']}`)")
+    return connection, record
+
+
 def run(config: dict, dist) -> dict:
     """One process's part of the job (every rank runs it)."""
     setup_threads()
     seed_everything(config["seed"])
-    if not config["pretrained"]:
+    victim = connection = None
+    if config["victim_url"]:  # served elsewhere (serve.py): its card is all this side knows
+        connection, record = http_victim(config)
+        card, victim_path = connection.info, config["victim_url"]
+        config.update(api_key=record["api_key"], victim_card={key: card.get(key) for key in (
+            "dataset", "arch", "width", "stem", "input_size", "out_dim", "answers")})  # never the keys themselves
+    elif not config["pretrained"]:
         raise UserError("name the victim with --pretrained PATH (e.g. the published SimSiam "
-                        "checkpoint_0099-batch256.pth.tar; the reference used a hard-coded path)")
-    victim = load_victim(config["pretrained"], seed=config["seed"])
-    card = victim.model_card()
+                        "checkpoint_0099-batch256.pth.tar; the reference used a hard-coded path) or with "
+                        "--victim-url URL --api-key KEY (a victim served by serve.py)")
+    else:
+        victim = load_victim(config["pretrained"], seed=config["seed"])
+        card, victim_path = victim.model_card(), str(victim.path)
     for key, value in (("arch", card["arch"]), ("width", card["width"]), ("stem", card["stem"]),
                        ("image_size", card["input_size"])):
         if config.get(key) is None:
             config[key] = value
     if config["workers"] is None:
         config["workers"] = default_workers(dist)
-    config.update(world_size_used=dist.world_size, device=str(dist.device), victim_checkpoint=str(victim.path))
+    config.update(world_size_used=dist.world_size, device=str(dist.device), victim_checkpoint=victim_path)
     run_dir = _run_dir(config)
     config["logdir"] = str(run_dir)
     resume = _resume_state(config, run_dir)
@@ -175,8 +216,9 @@ def run(config: dict, dist) -> dict:
         write_config(run_dir, config)
     dist.barrier()
     logger = get_logger(run_dir) if dist.is_main else quiet_logger()
-    service = build_service(victim, device=dist.device)
-    result = steal(config, service.connect("attacker"), dist, run_dir, logger, resume=resume)
+    if connection is None:
+        connection = build_service(victim, device=dist.device).connect("attacker")
+    result = steal(config, connection, dist, run_dir, logger, resume=resume)
     if dist.is_main:
         record = {"queries_used": result["queries_used"], "budget": config["num_queries"],
                   "per_rank": result["per_rank"], "processes": dist.world_size}
