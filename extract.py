@@ -17,7 +17,7 @@ Examples:
 """
 import argparse
 
-import extraction
+from attacks import extraction
 from utils import run_cli
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    return extraction.run(vars(build_parser().parse_args(argv)))
+    return extraction.main(vars(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ stops before its first query:
 """
 import argparse
 
-import extraction
+from attacks import extraction
 from utils import run_cli
 
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    return extraction.run(vars(build_parser().parse_args(argv)))
+    return extraction.main(vars(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -28,15 +28,27 @@ import argparse
 import json
 import time
 
-from attack import legitimate_user
-from client import add_http_victim_args, open_http_victim
+from attacks.connect import add_http_victim_args, open_victim
+from attacks.encoder import legitimate_user
 from defenses import add_defense_args
+from engine.presets import run_dir
 from loss import LOSSES, canonical_loss
-from utils import (HelpFormatter, UserError, add_common_args, add_reference_args, append_jsonl, atomic_write_text,
-                   get_logger,
-                   parse_tags, pick_device, prepare_run_dir, run_cli, run_dir, seed_everything, setup_threads, str2bool,
-                   write_config)
-from victim import add_victim_args, service_from_config
+from service.victim import add_victim_args
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    add_reference_args,
+    append_jsonl,
+    atomic_write_text,
+    get_logger,
+    parse_tags,
+    prepare_run_dir,
+    run_cli,
+    setup_run,
+    str2bool,
+    write_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,16 +93,10 @@ def main(argv=None) -> dict:
     if config["n_views"] != 1:
         raise UserError(f"a legitimate user queries each image once: --n-views must be 1 (got {config['n_views']})")
     tags = parse_tags(config["tag"])
-    device = pick_device(config["device"], config["gpu_index"])
-    config["device"] = str(device)
-    setup_threads()
-    seed_everything(config["seed"])
-    if config["victim_url"]:  # a customer of a victim served elsewhere: the server's defenses apply
-        connection, victim_record = open_http_victim(config, output="representation")
-    else:
-        service, victim_record = service_from_config(config, answers="representation", scale_flag=config["scale"],
-                                                     device=device)
-        connection = service.connect("legitimate")
+    device = setup_run(config)
+    # a customer of the victim; served elsewhere, the server's defenses apply
+    victim = open_victim(config, output="representation", accounts=("legitimate",), device=device)
+    connection, victim_record = victim.connection, victim.record
     config.update(victim_record)
     if config["logdir"] is None:
         config["logdir"] = str(run_dir("legitimate", config["dataset"], seed=config["seed"]))

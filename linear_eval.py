@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 
-from probe import build_eval_parser, evaluate
+from evaluation.cli import build_eval_parser, evaluate
 from utils import run_cli
 
 

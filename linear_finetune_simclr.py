@@ -26,20 +26,44 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from data_aug import dataset_info
-from models import ARCHS, load_encoder, save_checkpoint
-from probe import (REFERENCE_LR, REFERENCE_NUM_LABELED, REFERENCE_VICTIM_LR, add_probe_args, default_checkpoint,
-                   fidelity, finetune, fit_downstream, load_downstream, load_probe, probe_logits, reference_test_batch,
-                   resolve_probe, save_probe, snapshot)
+from engine.presets import DEFAULT_DATASET, run_dir, scale_of, victim_run_dir
+from evaluation.cli import add_probe_args, default_checkpoint, load_downstream, reference_test_batch, resolve_probe
+from evaluation.probe import (
+    REFERENCE_LR,
+    REFERENCE_NUM_LABELED,
+    REFERENCE_VICTIM_LR,
+    finetune,
+    fit_downstream,
+    load_probe,
+    probe_logits,
+    save_probe,
+    snapshot,
+)
 from loss import canonical_loss
-from utils import (DEFAULT_DATASET, HelpFormatter, UserError, accuracy, add_common_args, add_reference_args,
-                   atomic_write_text, pick_device, prepare_run_dir, run_cli, run_dir, scale_of, seed_everything,
-                   setup_threads, str2bool, victim_run_dir, write_config)
+from models import ARCHS, load_encoder, save_checkpoint
+from models.probe import fidelity
+from utils import (
+    HelpFormatter,
+    UserError,
+    accuracy,
+    add_common_args,
+    add_reference_args,
+    atomic_write_text,
+    pick_device,
+    prepare_run_dir,
+    run_cli,
+    seed_everything,
+    setup_threads,
+    str2bool,
+    write_config,
+)
 
 FINETUNE_EPOCHS = {"cpu": 20, "paper": 100}
 
@@ -97,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("output")
     g.add_argument("--logdir", default=None,
-                   help="run directory for results.json and config.yaml (default: runs/finetune_<dataset-test>_s<seed>)")
+                   help="run directory for results.json and config.yaml (default: "
+                        "runs/finetune_<dataset-test>_s<seed>)")
     g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
                    help="replace the results of an earlier run in --logdir")
     g.add_argument("--save", type=str2bool, default=False,
@@ -124,6 +149,17 @@ def _row(logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) ->
     return {"top1": top1, "top5": top5, "fidelity": fidelity(logits, reference)}
 
 
+@dataclass(frozen=True)
+class _Task:
+    """The downstream task both encoders are probed on."""
+
+    dataset: str  # --dataset-test
+    num_classes: int
+    train_set: Any  # the probes' (and the fine-tuning's) training images
+    test_set: Any  # the N images that accuracy and fidelity are measured on
+    eval_set: str  # which images test_set is: "holdout" or "test"
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -131,26 +167,74 @@ def main(argv=None) -> dict:
     setup_threads()
     seed_everything(args.seed)
 
-    probes = {}
-    for role, path in (("victim", args.victim_probe), ("stolen", args.stolen_probe)):
-        if path:
-            probes[role] = (*load_probe(path), path)
-    victim_path = args.victim_checkpoint or (probes["victim"][1].get("checkpoint") if "victim" in probes else None)
+    loaded = {role: (*load_probe(path), path)
+              for role, path in (("victim", args.victim_probe), ("stolen", args.stolen_probe)) if path}
+    victim_path, stolen_path = _checkpoint_paths(args, loaded)
+    with torch.random.fork_rng(devices=[]):
+        victim, _, vckpt = load_encoder(victim_path)
+        stolen, _, sckpt = load_encoder(stolen_path, arch=args.arch)
+    vconfig = vckpt.get("config") or {}
+    task = _downstream_task(args, loaded, vconfig)
+    scale = scale_of(task.dataset, args.scale)
+    kind = resolve_probe(args.probe, task.dataset, args.scale)
+    num_labeled = args.num_labeled or (REFERENCE_NUM_LABELED if kind == "reference" else None)
+    lr = args.lr or REFERENCE_LR
+    logdir = prepare_run_dir(args.logdir or run_dir("finetune", task.dataset, seed=args.seed))
+    if (logdir / "results.json").exists() and not args.clear:
+        raise UserError(f"{logdir} already holds results.json; pass --clear True or another --logdir")
+
+    fitted, logits, labels = _probe_both(args, task, {"victim": victim, "stolen": stolen}, loaded, kind=kind,
+                                         num_labeled=num_labeled, lr=lr, device=device)
+    rows = {role: {**_row(logits[role], labels, logits["victim"]), "checkpoint": str(path), "probe": fitted[role][1]}
+            for role, path in (("victim", victim_path), ("stolen", stolen_path))}
+    finetuned = None
+    if args.finetune:
+        epochs = args.epochs or FINETUNE_EPOCHS[scale]
+        finetuned, ft_encoder, ft_probe = _finetune_stolen(args, task, stolen, fitted["stolen"][0], epochs=epochs,
+                                                           lr=lr, num_labeled=num_labeled, labels=labels,
+                                                           victim_logits=logits["victim"], device=device)
+        rows["finetuned"] = finetuned
+        if args.save:
+            _save_finetuned(logdir, ft_encoder, ft_probe, task, stolen_path, test_batch_size=args.batch_size)
+    if args.save:
+        _save_probes(logdir, fitted, rows, [role for role in ("victim", "stolen") if role not in loaded],
+                     dataset_test=task.dataset, image_size=task.train_set.image_size, seed=args.seed)
+
+    results = {"dataset_test": task.dataset, "eval_set": f"{task.test_set.split} ({len(task.test_set)} images)",
+               "n_test": len(task.test_set), "image_size": task.train_set.image_size, "probe": kind, "scale": scale,
+               "seed": args.seed, "victim": rows["victim"], "stolen": rows["stolen"],
+               "fidelity": rows["stolen"]["fidelity"], "finetuned": finetuned,
+               "seconds": round(time.perf_counter() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_config(logdir, {**vars(args), "victim_checkpoint": str(victim_path), "checkpoint": str(stolen_path),
+                          "dataset_test": task.dataset, "eval_set": task.eval_set, "probe": kind, "scale": scale,
+                          "num_labeled": num_labeled, "lr": lr, "device": str(device)})
+    atomic_write_text(logdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    print_table(results)
+    print(f"results written to {logdir / 'results.json'}")
+    return results
+
+
+def _checkpoint_paths(args: argparse.Namespace, loaded: dict) -> tuple[str, str]:
+    """``(victim checkpoint, stolen checkpoint)``: the flags', else the ones the ``loaded`` probes were
+    saved for, else the run directories the reference-style flags name (which must exist)."""
+    victim_path = args.victim_checkpoint or (loaded["victim"][1].get("checkpoint") if "victim" in loaded else None)
     if victim_path is None:
         victim_path = str(victim_run_dir(args.dataset or DEFAULT_DATASET, args.seed) / "checkpoint.pt")
         if not Path(victim_path).is_file():
             raise UserError(f"no victim checkpoint at {victim_path}; pass --victim-checkpoint PATH")
-    stolen_path = args.checkpoint or (probes["stolen"][1].get("checkpoint") if "stolen" in probes else None)
+    stolen_path = args.checkpoint or (loaded["stolen"][1].get("checkpoint") if "stolen" in loaded else None)
     if stolen_path is None:
         stolen_path = str(default_checkpoint(args, "stolen"))
         if not Path(stolen_path).is_file():
             raise UserError(f"no stolen checkpoint at {stolen_path} (derived from --dataset/--losstype/--num_queries/"
                             f"--head/--seed); pass --checkpoint PATH")
-    with torch.random.fork_rng(devices=[]):
-        victim, _, vckpt = load_encoder(victim_path)
-        stolen, _, sckpt = load_encoder(stolen_path, arch=args.arch)
-    vconfig = vckpt.get("config") or {}
-    saved_dataset = next((info.get("dataset_test") for _, info, _ in probes.values() if info.get("dataset_test")), None)
+    return victim_path, stolen_path
+
+
+def _downstream_task(args: argparse.Namespace, loaded: dict, vconfig: dict) -> _Task:
+    """The downstream task: --dataset-test, else the ``loaded`` probes', else the victim's training
+    dataset (from its config ``vconfig``), at --image-size or the victim's resolution."""
+    saved_dataset = next((info.get("dataset_test") for _, info, _ in loaded.values() if info.get("dataset_test")), None)
     dataset_test = args.dataset_test or saved_dataset or vconfig.get("dataset") or args.dataset
     if dataset_test is None:
         raise UserError("name the downstream dataset with --dataset-test")
@@ -160,76 +244,71 @@ def main(argv=None) -> dict:
     image_size = args.image_size or vconfig.get("image_size")
     train_set, test_set, eval_set = load_downstream(dataset_test, root=args.data, image_size=image_size,
                                                     eval_set=args.eval_set, holdout=args.holdout)
-    scale = scale_of(dataset_test, args.scale)
-    kind = resolve_probe(args.probe, dataset_test, args.scale)
-    num_labeled = args.num_labeled or (REFERENCE_NUM_LABELED if kind == "reference" else None)
-    lr = args.lr or REFERENCE_LR
-    logdir = prepare_run_dir(args.logdir or run_dir("finetune", dataset_test, seed=args.seed))
-    if (logdir / "results.json").exists() and not args.clear:
-        raise UserError(f"{logdir} already holds results.json; pass --clear True or another --logdir")
+    return _Task(dataset_test, num_classes, train_set, test_set, eval_set)
 
-    fitted, rows, logits = {}, {}, {}
-    for role, encoder in (("victim", victim), ("stolen", stolen)):
-        if role in probes:
-            probe, info, path = probes[role]
-            _check_probe(probe, info, path, encoder, dataset_test, num_classes)
+
+def _probe_both(args: argparse.Namespace, task: _Task, encoders: dict, loaded: dict, *, kind: str,
+                num_labeled: Optional[int], lr: float, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
+    """A linear probe on each of ``encoders`` ({role: encoder}, victim first): the one ``loaded`` for
+    that role, else one of ``kind`` trained here. Returns ``({role: (probe, how it was made)},
+    {role: [N, num_classes] test logits}, the [N] test labels)``."""
+    fitted, logits = {}, {}
+    for role, encoder in encoders.items():
+        if role in loaded:
+            probe, info, path = loaded[role]
+            _check_probe(probe, info, path, encoder, task.dataset, task.num_classes)
             how = dict(info.get("probe") or {}, file=str(path))
         else:
             role_lr = args.probe_lr or (REFERENCE_VICTIM_LR if role == "victim" else lr)
-            _, probe, how = fit_downstream(kind, encoder, train_set, test_set, device=device, seed=args.seed,
+            _, probe, how = fit_downstream(kind, encoder, task.train_set, task.test_set, device=device, seed=args.seed,
                                            workers=args.workers, lr=role_lr, weight_decay=args.probe_wd,
                                            epochs=args.probe_epochs, batch_size=args.batch_size,
                                            num_labeled=num_labeled, bn=args.probe_bn,
-                                           test_batch_size=reference_test_batch(eval_set, args.batch_size))
+                                           test_batch_size=reference_test_batch(task.eval_set, args.batch_size))
         fitted[role] = (probe, how)
-        logits[role], labels = probe_logits(encoder, probe, test_set, device=device, bn=how.get("bn", "eval"),
+        logits[role], labels = probe_logits(encoder, probe, task.test_set, device=device, bn=how.get("bn", "eval"),
                                             batch_size=int(how.get("test_batch_size", args.batch_size)),
                                             workers=args.workers)
-    for role in ("victim", "stolen"):
-        rows[role] = {**_row(logits[role], labels, logits["victim"]), "checkpoint": str(
-            victim_path if role == "victim" else stolen_path), "probe": fitted[role][1]}
+    return fitted, logits, labels
 
-    finetuned = None
-    if args.finetune:
-        epochs = args.epochs or FINETUNE_EPOCHS[scale]
-        before = snapshot(stolen)
-        ft_encoder, ft_probe = finetune(stolen, fitted["stolen"][0], train_set, device=device, lr=lr, epochs=epochs,
-                                        batch_size=args.batch_size, weight_decay=args.probe_wd, seed=args.seed,
-                                        num_labeled=num_labeled, workers=args.workers)
-        ft_logits, _ = probe_logits(ft_encoder, ft_probe, test_set, device=device, bn="eval",
-                                    batch_size=args.batch_size, workers=args.workers)
-        change = max(float((v.float() - before[k].float()).abs().max()) if v.numel() else 0.0
-                     for k, v in ft_encoder.state_dict().items() if v.is_floating_point())
-        rows["finetuned"] = finetuned = {**_row(ft_logits, labels, logits["victim"]), "epochs": epochs, "lr": lr,
-                                         "weight_decay": args.probe_wd, "bn": "train (tested in eval mode)",
-                                         "max_weight_change": change}
-        if args.save:
-            save_checkpoint(logdir / "finetuned.pt", encoder=ft_encoder, kind="finetuned", dataset=dataset_test,
-                            config={"dataset": dataset_test, "image_size": train_set.image_size,
-                                    "source_checkpoint": str(stolen_path)})
-            save_probe(logdir / "finetuned_probe.pt", ft_probe, checkpoint=str(logdir / "finetuned.pt"),
-                       dataset_test=dataset_test, image_size=train_set.image_size, modeltype="finetuned",
-                       probe={"kind": "finetuned", "bn": "eval", "test_batch_size": args.batch_size})
-    if args.save:
-        for role in ("victim", "stolen"):
-            if role not in probes:
-                save_probe(logdir / f"{role}_probe.pt", fitted[role][0], probe=fitted[role][1], modeltype=role,
-                           checkpoint=rows[role]["checkpoint"], dataset_test=dataset_test,
-                           image_size=train_set.image_size, seed=args.seed,
-                           metrics={"top1": rows[role]["top1"], "top5": rows[role]["top5"]})
 
-    results = {"dataset_test": dataset_test, "eval_set": f"{test_set.split} ({len(test_set)} images)",
-               "n_test": len(test_set), "image_size": train_set.image_size, "probe": kind, "scale": scale,
-               "seed": args.seed, "victim": rows["victim"], "stolen": rows["stolen"], "fidelity": rows["stolen"]["fidelity"],
-               "finetuned": finetuned, "seconds": round(time.perf_counter() - t0, 2),
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_config(logdir, {**vars(args), "victim_checkpoint": str(victim_path), "checkpoint": str(stolen_path),
-                          "dataset_test": dataset_test, "eval_set": eval_set, "probe": kind, "scale": scale,
-                          "num_labeled": num_labeled, "lr": lr, "device": str(device)})
-    atomic_write_text(logdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    print_table(results)
-    print(f"results written to {logdir / 'results.json'}")
-    return results
+def _finetune_stolen(args: argparse.Namespace, task: _Task, stolen, probe, *, epochs: int, lr: float,
+                     num_labeled: Optional[int], labels: torch.Tensor, victim_logits: torch.Tensor,
+                     device: torch.device) -> tuple[dict, Any, Any]:
+    """Fine-tune the stolen encoder with its linear ``probe`` on the task (``stolen`` itself is left
+    as it is). Returns ``(results row, fine-tuned encoder, fine-tuned probe)``; the row's accuracy and
+    fidelity are on the [N] test ``labels`` and the victim's [N, num_classes] ``victim_logits``."""
+    before = snapshot(stolen)
+    ft_encoder, ft_probe = finetune(stolen, probe, task.train_set, device=device, lr=lr, epochs=epochs,
+                                    batch_size=args.batch_size, weight_decay=args.probe_wd, seed=args.seed,
+                                    num_labeled=num_labeled, workers=args.workers)
+    ft_logits, _ = probe_logits(ft_encoder, ft_probe, task.test_set, device=device, bn="eval",
+                                batch_size=args.batch_size, workers=args.workers)
+    change = max(float((v.float() - before[k].float()).abs().max()) if v.numel() else 0.0
+                 for k, v in ft_encoder.state_dict().items() if v.is_floating_point())
+    row = {**_row(ft_logits, labels, victim_logits), "epochs": epochs, "lr": lr, "weight_decay": args.probe_wd,
+           "bn": "train (tested in eval mode)", "max_weight_change": change}
+    return row, ft_encoder, ft_probe
+
+
+def _save_finetuned(logdir: Path, encoder, probe, task: _Task, stolen_path: str, *, test_batch_size: int) -> None:
+    """Write the fine-tuned encoder (finetuned.pt) and its probe (finetuned_probe.pt) into ``logdir``."""
+    save_checkpoint(logdir / "finetuned.pt", encoder=encoder, kind="finetuned", dataset=task.dataset,
+                    config={"dataset": task.dataset, "image_size": task.train_set.image_size,
+                            "source_checkpoint": str(stolen_path)})
+    save_probe(logdir / "finetuned_probe.pt", probe, checkpoint=str(logdir / "finetuned.pt"),
+               dataset_test=task.dataset, image_size=task.train_set.image_size, modeltype="finetuned",
+               probe={"kind": "finetuned", "bn": "eval", "test_batch_size": test_batch_size})
+
+
+def _save_probes(logdir: Path, fitted: dict, rows: dict, roles: list[str], *, dataset_test: str, image_size: int,
+                 seed: int) -> None:
+    """Write the probes trained here for ``roles`` (``<role>_probe.pt``, as linear_eval.py --save True
+    writes them) into ``logdir``, each with its test accuracy."""
+    for role in roles:
+        save_probe(logdir / f"{role}_probe.pt", fitted[role][0], probe=fitted[role][1], modeltype=role,
+                   checkpoint=rows[role]["checkpoint"], dataset_test=dataset_test, image_size=image_size, seed=seed,
+                   metrics={"top1": rows[role]["top1"], "top5": rows[role]["top5"]})
 
 
 def print_table(results: dict) -> None:

@@ -61,19 +61,35 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from attacks.imagenet import STEAL_LOSSES, view
 from data_aug import DATASETS
-from distributed import Dist, add_job_args, default_workers, launch, run_ranks
-from errors import UserError
-from imagenet import STEAL_LOSSES, default_run_dir, view
+from engine.distributed import Dist, add_job_args, default_workers, launch, run_ranks
+from engine.presets import preset_for, scale_of, stealsimsiam_run_dir
+from evaluation.cli import _random_encoder, load_downstream, print_table, reference_test_batch
+from evaluation.probe import (
+    REFERENCE_LR,
+    REFERENCE_NUM_LABELED,
+    REFERENCE_VICTIM_LR,
+    assert_unchanged,
+    fit_downstream,
+    freeze,
+)
 from models import ARCHS, load_encoder
-from probe import (REFERENCE_LR, REFERENCE_NUM_LABELED, REFERENCE_VICTIM_LR, _random_encoder, assert_unchanged,
-                   extract_features, fit_downstream, freeze, load_downstream, print_table, reference_test_batch)
-from utils import (HelpFormatter, add_reference_args, append_jsonl, parse_tags, preset_for, run_cli, scale_of,
-                   seed_everything, setup_threads)
+from models.probe import extract_features
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_reference_args,
+    append_jsonl,
+    parse_tags,
+    run_cli,
+    seed_everything,
+    setup_threads,
+)
 
 DATASET_ALIASES = {"fmnist": "fashionmnist"}  # the reference's name
 PROBE_CHOICES = ("auto", "sgd", "lbfgs", "reference")
@@ -95,6 +111,18 @@ def downstream_dataset(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    _add_encoder_args(p)
+    _add_stolen_search_args(p)
+    _add_downstream_args(p)
+    _add_probe_args(p)
+    _add_output_args(p)
+    _add_reference_only_args(p)
+    add_job_args(p)
+    return p
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    """The group "what to evaluate": --modeltype and the checkpoints."""
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--modeltype", nargs="+", default=["victim"], choices=["victim", "stolen", "random"],
                    help="the victim (--pretrained), the stolen encoder (--checkpoint or stealsimsiam.py's default "
@@ -111,12 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "for random without any checkpoint resnet50, the reference's, at paper scale and the scale "
                         "preset's at cpu scale)")
 
+
+def _add_stolen_search_args(p: argparse.ArgumentParser) -> None:
+    """The reference's flags that find the stolen checkpoint without --checkpoint (:func:`default_stolen_path`)."""
     g = p.add_argument_group("finding the stolen checkpoint without --checkpoint (the reference's flags)")
     g.add_argument("--losstype", default="infonce", choices=STEAL_LOSSES, help="stealsimsiam.py's --losstype")
     g.add_argument("--num_queries", type=int, default=10000, help="stealsimsiam.py's --num_queries")
     g.add_argument("--datasetsteal", default="cifar10", choices=sorted(DATASETS), metavar="NAME",
                    help="stealsimsiam.py's --datasetsteal")
 
+
+def _add_downstream_args(p: argparse.ArgumentParser) -> None:
+    """The group "downstream task": the dataset, its resolution and the test images."""
     g = p.add_argument_group("downstream task")
     g.add_argument("--dataset", default="cifar10", type=downstream_dataset, metavar="NAME",
                    help="downstream dataset: cifar10, cifar100, stl10, svhn, fashionmnist (or fmnist), mnist, "
@@ -133,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", type=int, default=None,
                    help="size of the holdout with --eval-set holdout (default: the dataset's, 1,000 for CIFAR)")
 
+
+def _add_probe_args(p: argparse.ArgumentParser) -> None:
+    """The group "the probe": its kind and the sgd probe's optimiser settings."""
     g = p.add_argument_group("the probe")
     g.add_argument("--probe", default="auto", choices=PROBE_CHOICES,
                    help="sgd = the reference's probe on features computed once; lbfgs = logistic regression on "
@@ -155,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sgd: print the test accuracy every N epochs and after the last (the reference printed "
                         "every N batches and the accuracy after every epoch)")
 
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """The group "output": the results file, the label and the tags of the records."""
     g = p.add_argument_group("output")
     g.add_argument("--results", default=None,
                    help="JSON-lines file to append one record per evaluation to (default: linsimsiam.jsonl in the "
@@ -165,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="extra field stored in each record (repeatable), e.g. --tag table=table3")
 
+
+def _add_reference_only_args(p: argparse.ArgumentParser) -> None:
+    """The reference's flags that parse but have no effect here (the probe trains in one go)."""
     g = add_reference_args(p, "epochstrain_unused", "epochssteal")
     g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
                    help="no effect: the probe trains in one go on fixed features; there is no epoch to restart from")
@@ -172,8 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no effect: the probe trains in one go on fixed features; there is nothing to resume")
     g.add_argument("-e", "--evaluate", action="store_true",
                    help="no effect: the reference only validated a resumed probe with it; every run here tests")
-    add_job_args(p)
-    return p
 
 
 # ------------------------------------------------------------------------------- the encoders
@@ -181,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_stolen_path(config: dict) -> Path:
     """stealsimsiam.py's default checkpoint for the reference's flags."""
-    return default_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"]) / "checkpoint.pt"
+    run_dir = stealsimsiam_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"])
+    return run_dir / "checkpoint.pt"
 
 
 def stolen_path(config: dict) -> Path:
@@ -345,55 +387,14 @@ def evaluate(config: dict, dist: Dist) -> list[dict]:
     resolved = {m: encoders.get(m) for m in dict.fromkeys(config["modeltype"])}  # every error before any work
     datasets: dict[Optional[int], tuple] = {}
     records: list[dict] = []
-    batch, workers = config["batch_size"], config["workers"]
     for modeltype in config["modeltype"]:
         encoder, path, size, victim_ckpt, extra = resolved[modeltype]
-        key = size if dataset == "imagenet" else None  # image folders are read at the size, the rest natively
-        if key not in datasets:
-            datasets[key] = load_downstream(dataset, root=config["data"], image_size=key, eval_set=config["eval_set"],
-                                            holdout=config["holdout"])
-        train_set, test_set, eval_set = datasets[key]
+        sets = downstream_sets(datasets, config, size)
+        train_set, test_set, _ = sets
         label = config["label"] if config["label"] and len(config["modeltype"]) == 1 else None
         name = label or modeltype
-
-        def transform(images, size=size):
-            return view(images, size)
-
-        def report(epoch: int, row: dict, name=name) -> None:
-            if epoch % config["print_freq"] == 0 or epoch == config["epochs"]:
-                print(f"  {name} epoch {epoch}/{config['epochs']}: lr {row['lr']:.4g}  loss {row['loss']:.4f}  "
-                      f"train top-1 {row['train_top1']:.2f}%   * Acc@1 {row['top1']:.3f} Acc@5 {row['top5']:.3f}",
-                      flush=True)
-
-        t0 = time.perf_counter()
-        encoder = encoder.to(dist.device)
-        before = freeze(encoder)
-        feature_seconds = None
-        if kind == "reference":
-            lr = REFERENCE_VICTIM_LR if modeltype == "victim" else REFERENCE_LR
-            metrics, _, how = fit_downstream(
-                "reference", encoder, train_set, test_set, device=dist.device, seed=config["seed"], workers=workers,
-                lr=lr, epochs=config["epochs"], batch_size=batch, num_labeled=REFERENCE_NUM_LABELED, bn="train",
-                test_batch_size=reference_test_batch(eval_set, batch), transform=transform)
-        else:
-            if dist.is_main:
-                print(f"{name}: features of {dataset} ({len(train_set)} train and {len(test_set)} test images, "
-                      f"{train_set.image_size} px resized to {size} px) on {dist.describe()}", flush=True)
-            xtr, ytr = sharded_features(encoder, train_set, dist, transform=transform, batch_size=batch,
-                                        workers=workers)
-            xte, yte = sharded_features(encoder, test_set, dist, transform=transform, batch_size=batch,
-                                        workers=workers)
-            feature_seconds = round(time.perf_counter() - t0, 2)
-            if dist.is_main:
-                metrics, _, how = fit_downstream(
-                    kind, encoder, train_set, test_set, device=dist.device, seed=config["seed"], workers=workers,
-                    lr=config["lr"], weight_decay=config["weight_decay"], epochs=config["epochs"], batch_size=batch,
-                    momentum=config["momentum"], lars=config["lars"], features=(xtr, ytr, xte, yte), report=report)
-        assert_unchanged(encoder, before)
+        metrics, how = probe_encoder(kind, modeltype, name, encoder, sets, size, config, dist)
         if dist.is_main:
-            metrics["seconds"] = round(time.perf_counter() - t0, 2)
-            if feature_seconds is not None:
-                metrics["feature_seconds"] = feature_seconds
             how["scale"] = scale
             record = {**tags, "script": "linsimsiam", "modeltype": modeltype, "label": label,
                       "dataset_test": dataset, "checkpoint": path, "victim_checkpoint": victim_ckpt,
@@ -403,18 +404,108 @@ def evaluate(config: dict, dist: Dist) -> list[dict]:
                       **({"stolen_with": extra} if extra else {}), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             append_jsonl(out_path, record)
             records.append(record)
-            detail = (f"L2 {metrics['l2']:g}" if kind == "lbfgs" else
-                      f"{how['optimizer'].upper()} lr {how['lr']:g}, {how['epochs']} epochs, best top-1 "
-                      f"{metrics['best_top1']:.2f}% at epoch {metrics['best_epoch']}" if kind == "sgd" else
-                      f"Adam lr {how['lr']:g}, {how['epochs']} epochs, BN train")
-            print(f"{name:>8s} on {dataset}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  ({kind} probe, "
-                  f"{detail}; features {metrics['feature_dim']}-d at {size} px, {metrics['seconds']:.1f}s)", flush=True)
+            print_result(name, dataset, kind, metrics, how, size)
         dist.barrier()  # the other processes wait for the main one's probe
     if dist.is_main:
         if len(records) > 1:
             print_table(records)
         print(f"results appended to {out_path}")
     return records
+
+
+def downstream_sets(datasets: dict[Optional[int], tuple], config: dict, size: int) -> tuple:
+    """:func:`load_downstream`'s ``(train, test, eval set)`` for an encoder fed ``size`` px, loaded once into
+    ``datasets``: image folders are read at that size, the rest at their native size (key ``None``)."""
+    key = size if config["dataset"] == "imagenet" else None
+    if key not in datasets:
+        datasets[key] = load_downstream(config["dataset"], root=config["data"], image_size=key,
+                                        eval_set=config["eval_set"], holdout=config["holdout"])
+    return datasets[key]
+
+
+def resizer(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder's input from a uint8 batch: resized on the device to ``size`` px."""
+    def transform(images):
+        return view(images, size)
+
+    return transform
+
+
+def epoch_reporter(name: str, config: dict) -> Callable[[int, dict], None]:
+    """The sgd probe's per-epoch line, every --print-freq epochs and after the last."""
+    def report(epoch: int, row: dict) -> None:
+        if epoch % config["print_freq"] == 0 or epoch == config["epochs"]:
+            print(f"  {name} epoch {epoch}/{config['epochs']}: lr {row['lr']:.4g}  loss {row['loss']:.4f}  "
+                  f"train top-1 {row['train_top1']:.2f}%   * Acc@1 {row['top1']:.3f} Acc@5 {row['top5']:.3f}",
+                  flush=True)
+
+    return report
+
+
+def probe_encoder(kind: str, modeltype: str, name: str, encoder, sets: tuple, size: int, config: dict,
+                  dist: Dist) -> tuple[Optional[dict], Optional[dict]]:
+    """Freeze ``encoder``, fit the ``kind`` probe on ``sets`` at ``size`` px and check the encoder unchanged;
+    ``(metrics, how)`` on the main rank (with the seconds taken), ``(None, None)`` on the others."""
+    t0 = time.perf_counter()
+    encoder = encoder.to(dist.device)
+    before = freeze(encoder)
+    feature_seconds = None
+    if kind == "reference":
+        metrics, how = fit_reference(modeltype, encoder, sets, size, config, dist)
+    else:
+        metrics, how, feature_seconds = fit_on_features(kind, name, encoder, sets, size, config, dist, t0)
+    assert_unchanged(encoder, before)
+    if not dist.is_main:
+        return None, None
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    if feature_seconds is not None:
+        metrics["feature_seconds"] = feature_seconds
+    return metrics, how
+
+
+def fit_reference(modeltype: str, encoder, sets: tuple, size: int, config: dict, dist: Dist) -> tuple[dict, dict]:
+    """linear_eval.py's Adam probe through the encoder (one process): lr 3e-4 for the victim, 1e-4 otherwise."""
+    train_set, test_set, eval_set = sets
+    batch = config["batch_size"]
+    lr = REFERENCE_VICTIM_LR if modeltype == "victim" else REFERENCE_LR
+    metrics, _, how = fit_downstream(
+        "reference", encoder, train_set, test_set, device=dist.device, seed=config["seed"], workers=config["workers"],
+        lr=lr, epochs=config["epochs"], batch_size=batch, num_labeled=REFERENCE_NUM_LABELED, bn="train",
+        test_batch_size=reference_test_batch(eval_set, batch), transform=resizer(size))
+    return metrics, how
+
+
+def fit_on_features(kind: str, name: str, encoder, sets: tuple, size: int, config: dict, dist: Dist,
+                    t0: float) -> tuple[Optional[dict], Optional[dict], float]:
+    """The sgd or lbfgs probe: the feature pass sharded over the processes, then the probe on the main rank.
+    ``(metrics, how, seconds from t0 to the end of the feature pass)``; metrics and how are None off the main rank."""
+    train_set, test_set, _ = sets
+    batch, workers = config["batch_size"], config["workers"]
+    transform = resizer(size)
+    if dist.is_main:
+        print(f"{name}: features of {config['dataset']} ({len(train_set)} train and {len(test_set)} test images, "
+              f"{train_set.image_size} px resized to {size} px) on {dist.describe()}", flush=True)
+    xtr, ytr = sharded_features(encoder, train_set, dist, transform=transform, batch_size=batch, workers=workers)
+    xte, yte = sharded_features(encoder, test_set, dist, transform=transform, batch_size=batch, workers=workers)
+    feature_seconds = round(time.perf_counter() - t0, 2)
+    if not dist.is_main:
+        return None, None, feature_seconds
+    metrics, _, how = fit_downstream(
+        kind, encoder, train_set, test_set, device=dist.device, seed=config["seed"], workers=workers,
+        lr=config["lr"], weight_decay=config["weight_decay"], epochs=config["epochs"], batch_size=batch,
+        momentum=config["momentum"], lars=config["lars"], features=(xtr, ytr, xte, yte),
+        report=epoch_reporter(name, config))
+    return metrics, how, feature_seconds
+
+
+def print_result(name: str, dataset: str, kind: str, metrics: dict, how: dict, size: int) -> None:
+    """The one line printed per evaluation."""
+    detail = (f"L2 {metrics['l2']:g}" if kind == "lbfgs" else
+              f"{how['optimizer'].upper()} lr {how['lr']:g}, {how['epochs']} epochs, best top-1 "
+              f"{metrics['best_top1']:.2f}% at epoch {metrics['best_epoch']}" if kind == "sgd" else
+              f"Adam lr {how['lr']:g}, {how['epochs']} epochs, BN train")
+    print(f"{name:>8s} on {dataset}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  ({kind} probe, "
+          f"{detail}; features {metrics['feature_dim']}-d at {size} px, {metrics['seconds']:.1f}s)", flush=True)
 
 
 def main(argv=None) -> list[dict]:

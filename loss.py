@@ -330,7 +330,8 @@ def symmetrized(stolen: torch.Tensor, victim: torch.Tensor, *, z1: torch.Tensor 
         for name, (p, z) in (("p1/z1", (p1, z1)), ("p2/z2", (p2, z2)), ("p1/p2", (p1, p2))):
             if p.dim() != 2 or p.shape != z.shape:
                 raise ValueError(
-                    f"symmetrized: {name} must be B x D tensors of one shape, got {tuple(p.shape)} and {tuple(z.shape)}."
+                    f"symmetrized: {name} must be B x D tensors of one shape, "
+                    f"got {tuple(p.shape)} and {tuple(z.shape)}."
                 )
     p1, p2 = _work(p1), _work(p2)
     z1, z2 = _work(z1).detach(), _work(z2).detach()

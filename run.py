@@ -25,16 +25,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from attack import make_optimizer
-from defenses.watermark import build_predictor, predictor_dims, watermark_record, with_watermark
 from data_aug import SimCLRAugment, dataset_info, get_dataset
+from defenses.watermark import build_predictor, predictor_dims, watermark_record, with_watermark
+from engine.optim import make_optimizer
+from engine.presets import add_data_args, add_model_args, defaults_epilog, resolve_scale, victim_run_dir
 from models import build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint, simclr_head_dims
 from models.checkpoint import encoder_kwargs
 from simclr import VICTIM_LOSSES, Precision, SimCLRModel, epoch_batches, fit, victim_needs_labels, victim_step
-from utils import (HelpFormatter, UserError, add_common_args, add_data_args, add_model_args, add_reference_args,
-                   add_training_run_args, defaults_epilog, str2bool, get_logger, pick_device, prepare_run_dir, resolve_scale, run_cli,
-                   seed_everything, setup_threads, victim_run_dir, write_config)
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    add_reference_args,
+    add_training_run_args,
+    get_logger,
+    pick_device,
+    prepare_run_dir,
+    run_cli,
+    seed_everything,
+    setup_threads,
+    str2bool,
+    write_config,
+)
 
 # run.py's own defaults by scale ("*") and by loss (overrides), the one place they live (see
 # utils.SCALE_PRESETS for the shared ones). "paper" follows the reference's run.py: Adam 3e-4 for
@@ -57,6 +69,7 @@ PRESETS = {
         "supcon": {"lr": 0.05, "optimizer": "sgd"},
     },
 }
+
 
 def presets_for(losstype: str) -> dict:
     """The by-scale defaults of a ``losstype`` victim: the scale's base, then the loss's overrides."""
@@ -118,18 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> Path:
-    args = build_parser().parse_args(argv)
-    config = resolve_scale(args, presets_for(args.losstype))
-    if config["n_views"] < 2:
-        raise UserError(f"SimCLR needs at least 2 views per image, got --n-views {config['n_views']}")
-    if config["losstype"] != "infonce" and config["n_views"] != 2:
-        raise UserError(f"--losstype {config['losstype']} compares exactly two views of each image; use "
-                        f"--n-views 2 (got {config['n_views']})")
-    if config["losstype"] == "supcon" and config["batch_size"] % 2:
-        raise UserError(f"--losstype supcon needs an even -b/--batch-size (its two views are the loss's two "
-                        f"blocks of rows); got {config['batch_size']}")
-    if config["fp16_precision"]:
-        config["amp"] = "on"
+    config = _resolve_config(build_parser().parse_args(argv))
     device = pick_device(config["device"], config["gpu_index"])
     config["device"] = str(device)
     setup_threads()
@@ -139,52 +141,15 @@ def main(argv=None) -> Path:
                                               kind="victimwm" if config["watermark"] else "victim"))
     run_dir = prepare_run_dir(config["logdir"])
     ckpt_path = run_dir / "checkpoint.pt"
-    start = None
-    if ckpt_path.exists():
-        if config["resume"]:
-            start = load_checkpoint(ckpt_path)
-        elif not config["clear"]:
-            raise UserError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
-                            f"--clear to start over, or another --logdir")
+    start = _checkpoint_to_resume(run_dir, resume=config["resume"], clear=config["clear"])
     write_config(run_dir, config)
     logger = get_logger(run_dir)
     logger.info(f"run directory {run_dir} on {device}")
 
     info = dataset_info(config["dataset"])
-    # STL10: self-supervised victims train on the 100k unlabeled split, as the reference's; SupCon needs labels
-    split = info.train_split if victim_needs_labels(config["losstype"]) else info.query_split
-    train_set = get_dataset(config["dataset"], split, root=config["data"],
-                            image_size=config["image_size"], download=config["download"])
-    if victim_needs_labels(config["losstype"]) and not info.num_classes:
-        raise UserError(f"--losstype {config['losstype']} trains on the true class labels, but {config['dataset']} "
-                        f"has none; use a labelled --dataset or another --losstype")
-    if len(train_set) < config["batch_size"]:
-        raise UserError(f"{config['dataset']} has {len(train_set)} training images, fewer than one batch "
-                        f"of {config['batch_size']}; lower -b/--batch-size")
+    train_set = _train_set(config, info)
     logger.info(f"{train_set!r}")
-
-    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"],
-                            mean=info.mean, std=info.std)
-    head_kwargs = {"dims": simclr_head_dims(encoder.out_dim, config["out_dim"])}
-    model = SimCLRModel(encoder, build_mlp(**head_kwargs))
-    if start is not None:
-        if start.get("encoder", {}).get("kwargs") != encoder_kwargs(encoder):
-            raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than "
-                            f"these flags build; resume with the original flags or use --clear")
-        load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
-        load_state_dict_strict(model.head, start["head"]["state_dict"], what="projection head")
-        before = start.get("config") or {}
-        for key, default in (("losstype", "infonce"), ("optimizer", "adam"), ("watermark", False)):
-            if before.get(key, default) != config[key]:
-                raise UserError(f"{ckpt_path} was trained with {key} {before.get(key, default)}, not "
-                                f"{config[key]}; resume with the original flags or use --clear")
-    predictor = None
-    if config["watermark"]:
-        predictor = build_predictor(encoder.out_dim, config["watermark_hidden"])
-        if start is not None:
-            load_state_dict_strict(predictor, start["watermark"]["state_dict"], what="watermark predictor")
-        predictor.to(device)
-    model.to(device)
+    encoder, model, head_kwargs, predictor = _build_model(config, info, start, ckpt_path, device)
     precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
     trainable = list(model.parameters()) + (list(predictor.parameters()) if predictor is not None else [])
     optimizer = make_optimizer(config, trainable)
@@ -196,28 +161,128 @@ def main(argv=None) -> Path:
     logger.info(f"loss {config['losstype']}; {config['optimizer']} lr {config['lr']:g}"
                 + (f" momentum {config['momentum']:g}" if config["optimizer"] == "sgd" else ""))
 
-    def save(state: dict) -> None:
-        save_checkpoint(ckpt_path, encoder=encoder, head=model.head, head_kwargs=head_kwargs,
-                        kind="simclr", dataset=config["dataset"], config=config, **state,
-                        **({"watermark": watermark_record(predictor, encoder.out_dim, config["watermark_hidden"],
-                                                          config["watermark_weight"])} if predictor is not None else {}))
-
-    step = victim_step(config["losstype"], model, augment, n_views=config["n_views"],
-                       temperature=config["temperature"], temperaturesn=config["temperaturesn"])
-    if predictor is not None:
-        step = with_watermark(step, encoder, predictor, config["watermark_weight"])
-        logger.info(f"watermark: rotation task, weight {config['watermark_weight']:g}, predictor "
-                    f"{predictor_dims(encoder.out_dim, config['watermark_hidden'])}")
+    step = _train_step(config, model, augment, encoder, predictor, logger)
     fit(step=step,
         batches=epoch_batches(train_set, config["batch_size"], device, workers=config["workers"]),
         steps_per_epoch=len(train_set) // config["batch_size"],
         modules=[model] + ([predictor] if predictor is not None else []), optimizer=optimizer,
         epochs=config["epochs"], base_lr=config["lr"], warmup_epochs=config["warmup_epochs"],
-        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, start=start,
+        seed=config["seed"], precision=precision,
+        save=_saver(ckpt_path, config, encoder, model.head, head_kwargs, predictor),
+        run_dir=run_dir, logger=logger, start=start,
         desc="simclr" if config["losstype"] == "infonce" else config["losstype"],
         log_every_n_steps=config["log_every_n_steps"])
     logger.info(f"victim checkpoint: {ckpt_path}")
     return ckpt_path
+
+
+def _resolve_config(args: argparse.Namespace) -> dict:
+    """The run's settings: the flags with the scale's and the loss's defaults filled in, checked
+    against each other (``args`` is left as parsed)."""
+    config = resolve_scale(args, presets_for(args.losstype))
+    if config["n_views"] < 2:
+        raise UserError(f"SimCLR needs at least 2 views per image, got --n-views {config['n_views']}")
+    if config["losstype"] != "infonce" and config["n_views"] != 2:
+        raise UserError(f"--losstype {config['losstype']} compares exactly two views of each image; use "
+                        f"--n-views 2 (got {config['n_views']})")
+    if config["losstype"] == "supcon" and config["batch_size"] % 2:
+        raise UserError(f"--losstype supcon needs an even -b/--batch-size (its two views are the loss's two "
+                        f"blocks of rows); got {config['batch_size']}")
+    if config["fp16_precision"]:
+        config["amp"] = "on"
+    return config
+
+
+def _checkpoint_to_resume(run_dir: Path, *, resume: bool, clear: bool) -> dict | None:
+    """The checkpoint in ``run_dir`` when ``resume`` asks for it, None for a fresh run; refuses to
+    overwrite one unless ``clear``."""
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return None
+    if resume:
+        return load_checkpoint(ckpt_path)
+    if not clear:
+        raise UserError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                        f"--clear to start over, or another --logdir")
+    return None
+
+
+def _train_set(config: dict, info):
+    """The victim's training images (``info`` is the dataset's :func:`dataset_info`), checked to hold
+    the labels a SupCon victim needs and at least one batch."""
+    # STL10: self-supervised victims train on the 100k unlabeled split, as the reference's; SupCon needs labels
+    split = info.train_split if victim_needs_labels(config["losstype"]) else info.query_split
+    train_set = get_dataset(config["dataset"], split, root=config["data"],
+                            image_size=config["image_size"], download=config["download"])
+    if victim_needs_labels(config["losstype"]) and not info.num_classes:
+        raise UserError(f"--losstype {config['losstype']} trains on the true class labels, but {config['dataset']} "
+                        f"has none; use a labelled --dataset or another --losstype")
+    if len(train_set) < config["batch_size"]:
+        raise UserError(f"{config['dataset']} has {len(train_set)} training images, fewer than one batch "
+                        f"of {config['batch_size']}; lower -b/--batch-size")
+    return train_set
+
+
+def _build_model(config: dict, info, start: dict | None, ckpt_path: Path, device):
+    """``(encoder, model, head_kwargs, predictor)`` on ``device``: the encoder f, the model g(f(x)), the
+    head's build arguments, and the watermark's augmentation predictor (None without --watermark); their
+    weights come from ``start`` when resuming. Built in this order so that the initial weights draw
+    from the seeded global RNG as they always have."""
+    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"],
+                            mean=info.mean, std=info.std)
+    head_kwargs = {"dims": simclr_head_dims(encoder.out_dim, config["out_dim"])}
+    model = SimCLRModel(encoder, build_mlp(**head_kwargs))
+    if start is not None:
+        _check_resumable(start, encoder, config, ckpt_path)
+        load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
+        load_state_dict_strict(model.head, start["head"]["state_dict"], what="projection head")
+    predictor = None
+    if config["watermark"]:
+        predictor = build_predictor(encoder.out_dim, config["watermark_hidden"])
+        if start is not None:
+            load_state_dict_strict(predictor, start["watermark"]["state_dict"], what="watermark predictor")
+        predictor.to(device)
+    model.to(device)
+    return encoder, model, head_kwargs, predictor
+
+
+def _check_resumable(start: dict, encoder, config: dict, ckpt_path: Path) -> None:
+    """Refuse to resume the checkpoint ``start`` with flags that build another encoder or train differently."""
+    if start.get("encoder", {}).get("kwargs") != encoder_kwargs(encoder):
+        raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than "
+                        f"these flags build; resume with the original flags or use --clear")
+    before = start.get("config") or {}
+    for key, default in (("losstype", "infonce"), ("optimizer", "adam"), ("watermark", False)):
+        if before.get(key, default) != config[key]:
+            raise UserError(f"{ckpt_path} was trained with {key} {before.get(key, default)}, not "
+                            f"{config[key]}; resume with the original flags or use --clear")
+
+
+def _train_step(config: dict, model, augment, encoder, predictor, logger):
+    """The victim's training step (``simclr.Step``), with the watermark's rotation task added when
+    there is a ``predictor``."""
+    step = victim_step(config["losstype"], model, augment, n_views=config["n_views"],
+                       temperature=config["temperature"], temperaturesn=config["temperaturesn"])
+    if predictor is None:
+        return step
+    step = with_watermark(step, encoder, predictor, config["watermark_weight"])
+    logger.info(f"watermark: rotation task, weight {config['watermark_weight']:g}, predictor "
+                f"{predictor_dims(encoder.out_dim, config['watermark_hidden'])}")
+    return step
+
+
+def _saver(ckpt_path: Path, config: dict, encoder, head, head_kwargs: dict, predictor):
+    """``save(state)`` for :func:`simclr.fit`: the checkpoint at ``ckpt_path`` with the encoder, the
+    projection head, the run's config, the watermark predictor (if any) and ``fit``'s state."""
+    def save(state: dict) -> None:
+        # the predictor's record is taken at each save: it holds the weights as they are now
+        watermark = {} if predictor is None else {
+            "watermark": watermark_record(predictor, encoder.out_dim, config["watermark_hidden"],
+                                          config["watermark_weight"])}
+        save_checkpoint(ckpt_path, encoder=encoder, head=head, head_kwargs=head_kwargs, kind="simclr",
+                        dataset=config["dataset"], config=config, **state, **watermark)
+
+    return save
 
 
 if __name__ == "__main__":

@@ -43,8 +43,13 @@ import argparse
 import dataclasses
 import time
 
-from utils import HelpFormatter, apply_numeric_rules, run_cli
-from victim import VICTIM_TYPES
+from defenses import add_defense_args, build_defenses
+from engine.presets import scale_of
+from service.classifier import classifier_service
+from service.http import Gateway, Limits, build_app
+from service.ledger import Ledger
+from service.victim import VICTIM_TYPES, EncoderBackend, VictimService, check_victim_type, load_victim
+from utils import HelpFormatter, UserError, apply_numeric_rules, pick_device, run_cli
 
 ENCODER_OUTPUTS = ("representation", "head", "representation+head")
 CLASSIFIER_OUTPUTS = ("probabilities", "logits", "top5", "labels")  # victim.ClassifierBackend's
@@ -108,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with batching, wait up to this long for more requests before a pass (0: none, so a "
                         "lone client pays no latency)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    from defenses import add_defense_args
 
     add_defense_args(p)
     return apply_numeric_rules(p)
@@ -116,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ledger import Ledger
 
     if args.command == "accounts":
         ledger = Ledger(args.sub_ledger or args.ledger)
@@ -130,17 +133,15 @@ def main(argv=None):
         for row in rows:
             account = ledger.account(row["account"])
             budget = "unlimited" if row["budget"] is None else row["budget"]
-            extra = [label for label, on in (("head access", account.head_access),
-                                             (f"{account.rate_limit:g} requests/s", account.rate_limit is not None),
-                                             (f"expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.expires or 0))}",
-                                              account.expires is not None)) if on]
+            extra = [label for label, on in (
+                ("head access", account.head_access),
+                (f"{account.rate_limit:g} requests/s", account.rate_limit is not None),
+                (f"expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.expires or 0))}",
+                 account.expires is not None)) if on]
             print(f"{row['account']}: used {row['used']} of {budget} in {row['requests']} requests"
                   + (f" ({', '.join(extra)})" if extra else ""))
         return rows
     import uvicorn
-
-    from serving import Gateway, Limits, build_app
-    from utils import pick_device
 
     device = pick_device(args.device, None)
     service, victim = build_victim_service(args, device)
@@ -158,10 +159,6 @@ def main(argv=None):
 def build_victim_service(args, device):
     """The owner's side: the victim checkpoint, as an encoder or a classifier (``--outputs``,
     ``--victimtype``), behind its defenses; returns ``(service, loaded victim)``."""
-    from defenses import build_defenses
-    from utils import UserError, scale_of
-    from victim import ClassifierBackend, EncoderBackend, VictimService, check_victim_type, load_victim
-
     victim = load_victim(args.victim_checkpoint, dataset=args.dataset, seed=args.seed, victimtype=args.victimtype)
     check_victim_type(victim, args.victimtype)
     if getattr(args, "image_size", None) is not None:  # --input-size: what the card publishes, the server accepts
@@ -183,15 +180,11 @@ def build_victim_service(args, device):
         backend = EncoderBackend(victim.encoder, victim.head, device=device)
         return VictimService(backend, answers=outputs[0], defenses=defenses, info={**victim.model_card(), **card},
                              outputs=outputs), victim
-    from extraction import fit_victim_classifier
-
     task = args.dataset_test or victim.dataset
-    clf, described, classes = fit_victim_classifier(victim, args.victimtype, task, data=args.data, seed=args.seed,
-                                                     device=device)
+    service, _, described = classifier_service(victim, args.victimtype, task, answers=outputs[0], outputs=outputs,
+                                               defenses=defenses, card=card, data=args.data, seed=args.seed,
+                                               device=device)
     print(f"classifier: {described} on {task}", flush=True)
-    info = {**victim.model_card(), **card, "task": task, "classes": classes}
-    service = VictimService(ClassifierBackend(clf, classes, device=device), answers=outputs[0], defenses=defenses,
-                            info=info, outputs=outputs)
     return service, victim
 
 

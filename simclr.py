@@ -71,11 +71,61 @@ class Precision:
         return torch.autocast(device_type="cuda", dtype=self.dtype)
 
 
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_from_flags(config: dict, device: torch.device) -> Precision:
+    """Mixed precision from a run's flags, decided once: ``--precision`` (the ImageNet path: auto =
+    bf16 autocast on CUDA; fp32, bf16 or fp16), else the reference's ``--fp16-precision`` (float16
+    autocast and a GradScaler on CUDA; the reference made a GradScaler without autocast, i.e. no
+    effect), else off, so that numbers do not depend on it. Always fp32 on CPU."""
+    choice = config.get("precision") or ("fp16" if config.get("fp16_precision") else "fp32")
+    return Precision(device, enabled=choice in ("auto", "bf16", "fp16"),
+                     dtype=PRECISION_DTYPES.get(choice, torch.bfloat16))
+
+
 @dataclass
 class FitResult:
     epochs_run: int
     last_epoch: int
     history: list[dict]
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every optimizer step of one ``fit`` run shares; fixed for the whole run."""
+
+    step: Step
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    base_lr: float
+    total_steps: int  # the cosine schedule's horizon, in optimizer steps
+    warmup_steps: int
+    desc: str
+    log_every_n_steps: int
+    kill_at: int  # the optimizer step after which the test hook SIGKILLs this process; 0 = never
+    writer: Any = None  # TensorBoard SummaryWriter on the main process, else None
+    dist: Any = None
+
+
+@dataclass
+class _EpochTotals:
+    """What the optimizer steps of one epoch add up to."""
+
+    step: int  # global optimizer steps done, the epoch's included
+    lr: float  # the learning rate of the epoch's last step
+    loss_sum: float = 0.0
+    n_steps: int = 0
+    n_images: int = 0
+    sums: dict = field(default_factory=dict)  # {metric name: sum over the epoch's steps}
+
+    def add(self, loss: float, metrics: dict, n_images: int) -> None:
+        self.step += 1
+        self.loss_sum += loss
+        self.n_steps += 1
+        self.n_images += n_images
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
 
 def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], steps_per_epoch: int,
@@ -105,94 +155,142 @@ def fit(*, step: Step, batches: Callable[[int, torch.Generator], Iterable], step
     """
     main = dist is None or dist.is_main
     modules = list(modules)
-    total_steps = max(1, epochs * steps_per_epoch)
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    first_epoch, global_step, history = 0, 0, []
+    first_epoch, global_step, history = _restore(start, optimizer, precision, steps_per_epoch)
     if start is not None:
-        first_epoch = int(start["epoch"])
-        global_step = int(start.get("step", first_epoch * steps_per_epoch))
-        optimizer.load_state_dict(start["optimizer"])
-        if start.get("scaler"):
-            precision.scaler.load_state_dict(start["scaler"])
-        history = list(start.get("history", []))
         logger.info(f"resuming from {run_dir / 'checkpoint.pt'}: {first_epoch} of {epochs} epochs done")
     if first_epoch >= epochs:
         logger.info(f"nothing to do: all {epochs} epochs are already done")
         return FitResult(0, first_epoch, history)
 
-    kill_at = int(os.environ.get(_KILL_AT_STEP, "0") or 0)
-    writer = _tensorboard(run_dir, logger) if tensorboard and main else None
+    loop = _Loop(step=step, optimizer=optimizer, precision=precision, base_lr=base_lr,
+                 total_steps=max(1, epochs * steps_per_epoch),
+                 warmup_steps=int(round(warmup_epochs * steps_per_epoch)), desc=desc,
+                 log_every_n_steps=log_every_n_steps, kill_at=int(os.environ.get(_KILL_AT_STEP, "0") or 0),
+                 writer=_tensorboard(run_dir, logger) if tensorboard and main else None, dist=dist)
     for module in modules:
         module.train()
     try:
         for epoch in range(first_epoch, epochs):
             generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
-            t0, n_images, loss_sum, n_steps, sums = time.perf_counter(), 0, 0.0, 0, {}
+            t0 = time.perf_counter()
             bar = tqdm(batches(epoch, generator), total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
                        leave=False, dynamic_ncols=True, disable=None if main else True)
-            lr = base_lr
-            for batch in bar:
-                lr = cosine_lr(global_step, total_steps, base_lr, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                with precision.autocast():
-                    loss, metrics, n = step(batch, generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step "
-                                             f"{global_step}; lower --lr or check the inputs")
-                optimizer.zero_grad(set_to_none=True)
-                precision.scaler.scale(loss).backward()
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
-                global_step += 1
-                value = (loss.detach() if dist is None else dist.average(loss.detach())).item()
-                loss_sum, n_steps, n_images = loss_sum + value, n_steps + 1, n_images + n
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                if writer is not None and global_step % log_every_n_steps == 0:
-                    writer.add_scalar(f"{desc}/loss_step", value, global_step)
-                    writer.add_scalar(f"{desc}/lr", lr, global_step)
-                if kill_at and global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            bar.close()
-            if n_steps == 0:
-                raise ValueError("an epoch produced no batch: the dataset is smaller than one batch "
-                                 "(lower -b/--batch-size)")
+            totals = _train_epoch(loop, bar, generator, epoch, global_step)
             seconds = time.perf_counter() - t0
-            if dist is not None:
-                n_images = int(dist.sum(n_images))
-            record = {"epoch": epoch + 1, "step": global_step, "loss": loss_sum / n_steps, "lr": lr,
-                      "seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1)}
-            record.update({k: v / n_steps for k, v in sums.items()})
-            evaluated = {}
-            if evaluate is not None:
-                for module in modules:
-                    module.eval()
-                with torch.no_grad():
-                    evaluated = {k: float(v) for k, v in evaluate(epoch).items()}
-                for module in modules:
-                    module.train()
-                record.update(evaluated)
+            global_step = totals.step
+            record = _epoch_record(epoch, totals, seconds, dist)
+            evaluated = _evaluate(evaluate, modules, epoch)
+            record.update(evaluated)
             history.append(record)
-            extra = "".join(f" {k} {v / n_steps:.4f}" for k, v in sums.items())
-            extra += "".join(f" {k} {v:.4f}" for k, v in evaluated.items())
-            logger.info(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}{extra} "
-                        f"lr {lr:.3e} time {seconds:.1f}s {record['images_per_s']:.0f} img/s")
-            if main:
-                append_jsonl(run_dir / "metrics.jsonl", record)
-            if writer is not None:
-                for k, v in record.items():
-                    if k not in ("epoch", "step"):
-                        writer.add_scalar(f"{desc}/{k}", v, epoch + 1)
-                writer.flush()
+            logger.info(_epoch_line(desc, epoch, epochs, record, totals, evaluated, seconds))
+            _write_epoch(record, run_dir, main, loop.writer, desc, epoch)
             save({"epoch": epoch + 1, "step": global_step, "optimizer": optimizer.state_dict(),
                   "scaler": precision.scaler.state_dict() if precision.scaler.is_enabled() else None,
                   "history": history})
     finally:
-        if writer is not None:
-            writer.close()
+        if loop.writer is not None:
+            loop.writer.close()
     return FitResult(epochs - first_epoch, epochs, history)
+
+
+def _restore(start: Optional[dict], optimizer: torch.optim.Optimizer, precision: Precision,
+             steps_per_epoch: int) -> tuple[int, int, list[dict]]:
+    """``(epochs done, optimizer steps done, history)`` of a run: nothing for a fresh one (``start`` None),
+    else the checkpoint's, whose optimizer and GradScaler states go into ``optimizer`` and ``precision``."""
+    if start is None:
+        return 0, 0, []
+    first_epoch = int(start["epoch"])
+    global_step = int(start.get("step", first_epoch * steps_per_epoch))  # older checkpoints lack "step"
+    optimizer.load_state_dict(start["optimizer"])
+    if start.get("scaler"):
+        precision.scaler.load_state_dict(start["scaler"])
+    return first_epoch, global_step, list(start.get("history", []))
+
+
+def _train_epoch(loop: _Loop, bar, generator: torch.Generator, epoch: int, global_step: int) -> _EpochTotals:
+    """The optimizer steps of epoch ``epoch`` (0-based) over ``bar`` (a tqdm over its batches), the
+    first being global step ``global_step``; ``generator`` is the epoch's (augmentations draw from it)."""
+    totals = _EpochTotals(step=global_step, lr=loop.base_lr)
+    for batch in bar:
+        lr = cosine_lr(totals.step, loop.total_steps, loop.base_lr, loop.warmup_steps)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        loss, metrics, n = _optimizer_step(loop, batch, generator, epoch, totals.step)
+        value = (loss.detach() if loop.dist is None else loop.dist.average(loss.detach())).item()
+        totals.add(value, metrics, n)
+        totals.lr = lr
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        if loop.writer is not None and totals.step % loop.log_every_n_steps == 0:
+            loop.writer.add_scalar(f"{loop.desc}/loss_step", value, totals.step)
+            loop.writer.add_scalar(f"{loop.desc}/lr", lr, totals.step)
+        if loop.kill_at and totals.step == loop.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    if totals.n_steps == 0:
+        raise ValueError("an epoch produced no batch: the dataset is smaller than one batch "
+                         "(lower -b/--batch-size)")
+    return totals
+
+
+def _optimizer_step(loop: _Loop, batch, generator: torch.Generator, epoch: int,
+                    global_step: int) -> tuple[torch.Tensor, dict, int]:
+    """One optimizer step on ``batch``: ``loop.step`` under autocast, then backward through the
+    GradScaler; returns the step's ``(loss, metrics, n_images)``. Refuses a non-finite loss."""
+    with loop.precision.autocast():
+        loss, metrics, n = loop.step(batch, generator)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step "
+                                 f"{global_step}; lower --lr or check the inputs")
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.precision.scaler.scale(loss).backward()
+    loop.precision.scaler.step(loop.optimizer)
+    loop.precision.scaler.update()
+    return loss, metrics, n
+
+
+def _epoch_record(epoch: int, totals: _EpochTotals, seconds: float, dist) -> dict:
+    """The epoch's line of metrics.jsonl (and of the checkpoint's history), before evaluation:
+    means over its steps, and images counted over all ranks."""
+    n_images = totals.n_images if dist is None else int(dist.sum(totals.n_images))
+    record = {"epoch": epoch + 1, "step": totals.step, "loss": totals.loss_sum / totals.n_steps, "lr": totals.lr,
+              "seconds": round(seconds, 3), "images_per_s": round(n_images / max(seconds, 1e-9), 1)}
+    record.update({k: v / totals.n_steps for k, v in totals.sums.items()})
+    return record
+
+
+def _evaluate(evaluate: Optional[Callable[[int], dict]], modules: list[nn.Module], epoch: int) -> dict:
+    """``evaluate(epoch)`` as floats, run with ``modules`` in eval mode and no gradients (then back in
+    train mode); ``{}`` without ``evaluate``."""
+    if evaluate is None:
+        return {}
+    for module in modules:
+        module.eval()
+    with torch.no_grad():
+        evaluated = {k: float(v) for k, v in evaluate(epoch).items()}
+    for module in modules:
+        module.train()
+    return evaluated
+
+
+def _epoch_line(desc: str, epoch: int, epochs: int, record: dict, totals: _EpochTotals, evaluated: dict,
+                seconds: float) -> str:
+    """The log line of an epoch: loss, the step metrics' means, the evaluation, lr and speed."""
+    extra = "".join(f" {k} {v / totals.n_steps:.4f}" for k, v in totals.sums.items())
+    extra += "".join(f" {k} {v:.4f}" for k, v in evaluated.items())
+    return (f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}{extra} "
+            f"lr {totals.lr:.3e} time {seconds:.1f}s {record['images_per_s']:.0f} img/s")
+
+
+def _write_epoch(record: dict, run_dir: Path, main: bool, writer, desc: str, epoch: int) -> None:
+    """Append ``record`` to ``run_dir``/metrics.jsonl (on the ``main`` process only) and its values to
+    TensorBoard (with a ``writer``), at x = the epoch's number."""
+    if main:
+        append_jsonl(run_dir / "metrics.jsonl", record)
+    if writer is not None:
+        for k, v in record.items():
+            if k not in ("epoch", "step"):
+                writer.add_scalar(f"{desc}/{k}", v, epoch + 1)
+        writer.flush()
 
 
 def _tensorboard(run_dir: Path, logger):

@@ -35,12 +35,23 @@ from pathlib import Path
 import torch
 
 from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout
+from engine.presets import add_data_args, add_model_args, resolve_scale, victim_run_dir
 from models import EncoderWithHead, build_encoder, build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint
 from models.checkpoint import encoder_kwargs
 from simclr import Precision, classifier_accuracy, epoch_batches, fit, supervised_step
-from utils import (HelpFormatter, add_training_run_args, UserError, add_common_args, add_data_args, add_model_args, get_logger,
-                   pick_device, prepare_run_dir, resolve_scale, run_cli, seed_everything, setup_threads,
-                   victim_run_dir, write_config)
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    add_training_run_args,
+    get_logger,
+    pick_device,
+    prepare_run_dir,
+    run_cli,
+    seed_everything,
+    setup_threads,
+    write_config,
+)
 
 # simclrsup.py's own scale-dependent defaults (see utils.SCALE_PRESETS for the shared ones).
 # paper: the recipe of the reference's supervised victim (kuangliu's CIFAR training: SGD lr 0.1,
@@ -87,11 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> Path:
-    args = build_parser().parse_args(argv)
-    config = resolve_scale(args, PRESETS)
-    config["losstype"] = "ce"  # what load_victim checks --lossvictim against
-    if config["fp16_precision"]:
-        config["amp"] = "on"
+    config = _resolve_config(build_parser().parse_args(argv))
     device = pick_device(config["device"], config["gpu_index"])
     config["device"] = str(device)
     setup_threads()
@@ -105,48 +112,18 @@ def main(argv=None) -> Path:
                                               kind="supervised"))
     run_dir = prepare_run_dir(config["logdir"])
     ckpt_path = run_dir / "checkpoint.pt"
-    start = None
-    if ckpt_path.exists():
-        if config["resume"]:
-            start = load_checkpoint(ckpt_path)
-        elif not config["clear"]:
-            raise UserError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
-                            f"--clear to start over, or another --logdir")
-    if start is not None and start.get("kind") != "supervised":
-        raise UserError(f"{ckpt_path} holds a {start.get('kind', 'unknown')} checkpoint, not a supervised "
-                        f"victim; use --clear or another --logdir")
+    start = _checkpoint_to_resume(run_dir, resume=config["resume"], clear=config["clear"])
     write_config(run_dir, config)
     logger = get_logger(run_dir)
     logger.info(f"run directory {run_dir} on {device}")
 
-    size = config["image_size"]
-    train_set = get_dataset(config["dataset"], info.train_split, root=config["data"], image_size=size,
-                            download=config["download"])
-    evaluation = split_holdout(get_dataset(config["dataset"], info.test_split, root=config["data"],
-                                           image_size=size, download=config["download"]), config["holdout"])[1]
-    if len(train_set) < config["batch_size"]:
-        raise UserError(f"{config['dataset']} has {len(train_set)} training images, fewer than one batch "
-                        f"of {config['batch_size']}; lower -b/--batch-size")
+    train_set, evaluation = _datasets(config, info)
     logger.info(f"{train_set!r}; per-epoch test accuracy on {evaluation!r}")
-
-    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"],
-                            mean=info.mean, std=info.std)
-    head_kwargs = {"dims": [encoder.out_dim, info.num_classes]}
-    model = EncoderWithHead(encoder, build_mlp(**head_kwargs))
-    if start is not None:
-        if start.get("encoder", {}).get("kwargs") != encoder_kwargs(encoder):
-            raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than "
-                            f"these flags build; resume with the original flags or use --clear")
-        load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
-        load_state_dict_strict(model.head, start["head"]["state_dict"], what="classifier")
+    encoder, model, head_kwargs = _build_model(config, info, start, ckpt_path)
     model.to(device)
     precision = Precision(device, enabled=config["amp"] == "on" or (config["amp"] == "auto" and device.type == "cuda"))
-    if config["optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                                    weight_decay=config["weight_decay"])
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    augment = SimCLRAugment(size, crop_scale=(config["crop_min_scale"], 1.0), flip_p=config["hflip_p"],
+    optimizer = _optimizer(config, model.parameters())
+    augment = SimCLRAugment(config["image_size"], crop_scale=(config["crop_min_scale"], 1.0), flip_p=config["hflip_p"],
                             jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     n_params = sum(p.numel() for p in encoder.parameters())
     logger.info(f"supervised {config['arch']} width {config['width']} ({config['stem']} stem): "
@@ -167,6 +144,71 @@ def main(argv=None) -> Path:
         evaluate=lambda epoch: {"test_top1": classifier_accuracy(model, evaluation, device)})
     logger.info(f"supervised victim checkpoint: {ckpt_path}")
     return ckpt_path
+
+
+def _resolve_config(args: argparse.Namespace) -> dict:
+    """The run's settings: the flags with the scale's defaults filled in (``args`` is left as parsed)."""
+    config = resolve_scale(args, PRESETS)
+    config["losstype"] = "ce"  # what load_victim checks --lossvictim against
+    if config["fp16_precision"]:
+        config["amp"] = "on"
+    return config
+
+
+def _checkpoint_to_resume(run_dir: Path, *, resume: bool, clear: bool) -> dict | None:
+    """The supervised victim's checkpoint in ``run_dir`` when ``resume`` asks for it, None for a fresh
+    run; refuses to overwrite one unless ``clear``, and to resume any other kind of checkpoint."""
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return None
+    if not resume:
+        if not clear:
+            raise UserError(f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+                            f"--clear to start over, or another --logdir")
+        return None
+    start = load_checkpoint(ckpt_path)
+    if start.get("kind") != "supervised":
+        raise UserError(f"{ckpt_path} holds a {start.get('kind', 'unknown')} checkpoint, not a supervised "
+                        f"victim; use --clear or another --logdir")
+    return start
+
+
+def _datasets(config: dict, info):
+    """``(training set, evaluation set)``: the labelled training split, and the last --holdout images of
+    the test split (which no attack queries) for the per-epoch test accuracy."""
+    size = config["image_size"]
+    train_set = get_dataset(config["dataset"], info.train_split, root=config["data"], image_size=size,
+                            download=config["download"])
+    evaluation = split_holdout(get_dataset(config["dataset"], info.test_split, root=config["data"],
+                                           image_size=size, download=config["download"]), config["holdout"])[1]
+    if len(train_set) < config["batch_size"]:
+        raise UserError(f"{config['dataset']} has {len(train_set)} training images, fewer than one batch "
+                        f"of {config['batch_size']}; lower -b/--batch-size")
+    return train_set, evaluation
+
+
+def _build_model(config: dict, info, start: dict | None, ckpt_path: Path):
+    """``(encoder, model, head_kwargs)``: the encoder f and the model f + a linear classifier on its
+    representation (on the CPU), with the weights of ``start`` when resuming."""
+    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"],
+                            mean=info.mean, std=info.std)
+    head_kwargs = {"dims": [encoder.out_dim, info.num_classes]}
+    model = EncoderWithHead(encoder, build_mlp(**head_kwargs))
+    if start is not None:
+        if start.get("encoder", {}).get("kwargs") != encoder_kwargs(encoder):
+            raise UserError(f"{ckpt_path} holds a different encoder ({start['encoder']['kwargs']}) than "
+                            f"these flags build; resume with the original flags or use --clear")
+        load_state_dict_strict(encoder, start["encoder"]["state_dict"], what="encoder")
+        load_state_dict_strict(model.head, start["head"]["state_dict"], what="classifier")
+    return encoder, model, head_kwargs
+
+
+def _optimizer(config: dict, params) -> torch.optim.Optimizer:
+    """SGD with momentum (the supervised recipe) or Adam, at the schedule's peak lr."""
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                               weight_decay=config["weight_decay"])
+    return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
 if __name__ == "__main__":

@@ -62,16 +62,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from client import add_http_victim_args
-from data_aug import DATASETS
-from distill import DISTILL_KINDS, open_served_classifier, run
-from pretrain import PRETRAIN, pretrain_run
-from utils import (HelpFormatter, add_common_args, append_jsonl, apply_numeric_rules, defaults_epilog, parse_tags,
-                   preset_for, pretrain_run_dir, run_cli, run_dir, scale_of, str2bool)
-from victim import VICTIM_TYPES
+from attacks.connect import VICTIM_TYPES, add_http_victim_args
+from attacks.distill import DISTILL_KINDS, open_classifier, run
+from attacks.pretrain import PRETRAIN, pretrain_run
+from data_aug import DATASETS, dataset_info, get_dataset
+from engine.presets import defaults_epilog, preset_for, pretrain_run_dir, run_dir, scale_of
+from models import build_encoder
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    append_jsonl,
+    apply_numeric_rules,
+    get_logger,
+    parse_tags,
+    pick_device,
+    run_cli,
+    seed_everything,
+    setup_run,
+    setup_threads,
+    str2bool,
+)
 
 # by scale. cpu: measured on mnistm5k (28 px, ResNet18 width 8, a 3,000-image pool, seed 0; see
-# README's "Classifier extraction with self-supervised pre-training"): pre-training with run.py's
+# docs/classifier-extraction.md): pre-training with run.py's
 # cpu victim recipe (Adam 2e-3, batch 128, crops of at least 80%); MoCo needs its 60 epochs (at 20
 # its features probed at 27% against 30% for random weights, at 60 at 43%); rotation sees four
 # rotated copies of every image per epoch, so 20 epochs give it as many views as MoCo's 60 x 2 /
@@ -100,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with its own classifier; simclr: a run.py victim encoder with a linear probe fitted on its "
                         "dataset's train split (not with --victim-url: serve.py builds the served classifier)")
     g.add_argument("--victim-output", default="probabilities", choices=DISTILL_KINDS,
-                   help="what the victim answers per query (the README says what each costs the attacker); with "
-                        "--victim-url, the output the account buys (one the service offers it)")
+                   help="what the victim answers per query (docs/classifier-extraction.md says what each costs the "
+                        "attacker); with --victim-url, the output the account buys (one the service offers it)")
     g.add_argument("--dataset", default=None, choices=sorted(DATASETS), metavar="NAME",
                    help="the victim's task (default: from its checkpoint, or the card's task with --victim-url; "
                         "mnistm5k for the default path)")
@@ -183,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     return apply_numeric_rules(p)
 
 
-def resolve(args: argparse.Namespace) -> dict:
-    """The flags with every by-scale default filled in and the default paths named."""
-    config = dict(vars(args))
+def resolve(flags: dict | argparse.Namespace) -> dict:
+    """The flags (parsed, or their dict) with every by-scale default filled in and the default paths named."""
+    config = dict(vars(flags) if isinstance(flags, argparse.Namespace) else flags)
     dataset = config["dataset"] or "mnistm5k"
     scale = scale_of(config["datasetsteal"] or dataset, config["scale"])
     preset = preset_for(dataset, scale)
@@ -211,10 +225,6 @@ def resolve(args: argparse.Namespace) -> dict:
 
 def pretrain_only(config: dict) -> str:
     """``--pretrain-only``: make (or finish) the pre-trained encoder on the pool and stop."""
-    from data_aug import dataset_info, get_dataset
-    from models import build_encoder
-    from utils import UserError, get_logger, pick_device, seed_everything, setup_threads
-
     if config["pretrain"] == "none":
         raise UserError("--pretrain none has nothing to pre-train; drop --pretrain-only")
     device = pick_device(config["device"], config["gpu_index"])
@@ -236,17 +246,16 @@ def pretrain_only(config: dict) -> str:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    served = None
-    if args.victim_url:  # the task and the input size come from the service's card (reading it costs no query)
-        served = open_served_classifier(vars(args))
-        args.dataset, args.image_size = served[0].info["task"], int(served[0].info["input_size"])
-        args.api_key = served[1]["api_key"]  # redacted: the open connection holds the keys
-    config = resolve(args)
+    config = dict(vars(build_parser().parse_args(argv)))
     if config["pretrain_only"]:
-        return pretrain_only(config)
+        return pretrain_only(resolve(config))
+    if config["victimtype"] is None and not config.get("victim_url"):
+        config["victimtype"] = "supervised"  # the owner's classifier; a served one is serve.py's
+    device = setup_run(config)
+    victim = open_classifier(config, device)  # its card names the task and the input size (no query)
+    config = resolve({**config, "dataset": victim.card["task"], "image_size": int(victim.card["input_size"])})
     tags = parse_tags(config["tag"])
-    record = run(config, served=served)
+    record = run(config, victim, device)
     record.update(tags)
     if config["results"]:
         append_jsonl(config["results"], record)

@@ -33,19 +33,38 @@ import argparse
 import json
 from pathlib import Path
 
-from attack import LOCAL_AUGMENTATIONS, QUERY_AUGMENTATIONS, defaults_epilog, resolve_defaults, steal_encoder
-from client import OWNER_FLAGS, add_http_victim_args, open_http_victim
+from attacks.connect import OWNER_FLAGS, add_http_victim_args, open_victim
+from attacks.encoder import LOCAL_AUGMENTATIONS, QUERY_AUGMENTATIONS, STEAL_DEFAULTS, resolve_defaults, steal_encoder
+from attacks.sybil import SPLITS, account_names, account_stats, summary, sybil_connection
 from data_aug import DATASETS
 from defenses import add_defense_args
-from loss import LOSSES, canonical_loss
-from sybil import SPLITS, account_names, account_stats, summary, sybil_connection
-from utils import (HelpFormatter, UserError, add_common_args, atomic_write_text, add_reference_args, get_logger, pick_device, prepare_run_dir, run_cli,
-                   seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
-from victim import add_victim_args, service_from_config
+from defenses.ownership import stolen_watermark
+from engine.presets import defaults_epilog, steal_run_dir
+from loss import LOSSES, SPECS, canonical_loss
+from service.victim import add_victim_args, load_victim
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    add_reference_args,
+    atomic_write_text,
+    get_logger,
+    prepare_run_dir,
+    run_cli,
+    setup_run,
+    str2bool,
+    write_config,
+)
+
+
+def steal_epilog() -> str:
+    """``--help``'s table of the defaults by scale and loss, and the views each loss needs."""
+    two = [name for name, spec in SPECS.items() if spec.views > 1]
+    return defaults_epilog(STEAL_DEFAULTS, [f"  n_views: 2 for {', '.join(two)} (the loss table), else 1"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=defaults_epilog())
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=steal_epilog())
     g = add_victim_args(p)
     g.add_argument("-a", "--arch", dest="arch", default=None, help="the victim's architecture (same as --archvic)")
     g.add_argument("--watermark", type=str2bool, default=False,
@@ -112,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two-view InfoNCE/SoftNN (--n-views 2): view = each stolen view is paired with the "
                         "victim's answer to that view, the image's other views are negatives (ours); reference "
                         "= rows labelled by image as the reference did (its InfoNCE targets the stolen anchor's "
-                        "other view; see README, Differences 1); identical with one view")
+                        "other view; see docs/differences.md, difference 1); identical with one view")
     g.add_argument("--simsiam-heads", dest="simsiam_heads", default=None, choices=["reference", "small"],
                    help="symmetrized: the attacker's SimSiam heads; reference = 3-layer projector and "
                         "d-d-d predictor (the reference), small = 2-layer projector and d-d/4-d predictor "
@@ -148,34 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def http_victim(config: dict) -> tuple:
-    """``--victim-url``: a connection to a victim served over HTTP (``client.open_http_victim``) and
-    what its published card says. ``--victimhead True`` asks it for head outputs (access head: an
-    account with head access); ``--watermark`` tests the owner's secret predictor, which a
-    served victim keeps to itself."""
-    return open_http_victim(config, output="head" if config["victimhead"] else "representation",
-                            owner_flags={**OWNER_FLAGS, "watermark": "--watermark"})
-
-
 def main(argv=None) -> Path:
     config = dict(vars(build_parser().parse_args(argv)))
-    device = pick_device(config["device"], config["gpu_index"])
-    config["device"] = str(device)
-    setup_threads()
-    seed_everything(config["seed"])
-    # the owner's side: the service (its checkpoint is read here and nowhere in the attack)
-    answers = "head" if config["victimhead"] else "representation"
-    service = None
-    if config["victim_url"]:  # the victim is served elsewhere (serve.py): its card is all we know
-        if config["accounts"] != 1:
-            raise UserError("--accounts opens accounts of an in-process service; with --victim-url repeat "
-                            "--api-key, one per account")
-        connection, victim_record = http_victim(config)
-        accounts = list(getattr(connection, "connections", [connection]))
-    else:
-        service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"],
-                                                     device=device)
-        accounts = [service.connect(name) for name in account_names(config["accounts"])]
+    device = setup_run(config)
+    if config["victim_url"] and config["accounts"] != 1:
+        raise UserError("--accounts opens accounts of an in-process service; with --victim-url repeat "
+                        "--api-key, one per account")
+    # the owner's side (its checkpoint is read there and nowhere in the attack), or a served victim
+    # whose card is all we know; --victimhead True asks for head outputs (access head: an account
+    # with head access); --watermark tests the owner's secret predictor, which a served victim keeps
+    victim = open_victim(config, output="head" if config["victimhead"] else "representation",
+                         accounts=account_names(config["accounts"]), device=device,
+                         owner_flags={**OWNER_FLAGS, "watermark": "--watermark"})
+    accounts, service, victim_record = victim.accounts, victim.service, victim.record
     if config["watermark"] and not victim_record["victim_watermarked"]:
         raise UserError(f"--watermark True needs a watermarked victim, but {victim_record['victim_checkpoint']} "
                         f"has no watermark predictor; drop --watermark or steal a victim trained with "
@@ -209,9 +213,7 @@ def main(argv=None) -> Path:
             logger.info(f"accounts: {summary(stats)} ({run_dir / 'accounts.json'})")
     if config["watermark"]:
         # the owner's side again: its secret predictor tests the copy (the attack never sees it)
-        from defenses.ownership import stolen_watermark
-
-        record = stolen_watermark(config["victim_checkpoint"], result["checkpoint"], data=config["data"],
+        record = stolen_watermark(load_victim(config["victim_checkpoint"]), result["checkpoint"], data=config["data"],
                                   seed=config["seed"], device=device)
         atomic_write_text(run_dir / "watermark.json", json.dumps(record, indent=2) + "\n")
         logger.info(f"Watermark accuracy is {record['wsr_stolen']:.2f}% (watermark success rate of the stolen "

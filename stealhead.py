@@ -26,14 +26,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attack import HEAD_LOSSES, resolve_defaults, steal_through_recreated_head
-from client import add_http_victim_args, open_http_victim
+from attacks.connect import add_http_victim_args, open_victim
+from attacks.encoder import HEAD_LOSSES, resolve_defaults, steal_through_recreated_head
 from defenses import add_defense_args
+from engine.presets import steal_run_dir
 from loss import HEAD_STEAL_LOSSES, canonical_loss
 from models import load_checkpoint
-from utils import (HelpFormatter, UserError, add_common_args, get_logger, pick_device, prepare_run_dir, run_cli,
-                   seed_everything, setup_threads, steal_run_dir, str2bool, write_config)
-from victim import add_victim_args, service_from_config
+from service.victim import add_victim_args
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    get_logger,
+    prepare_run_dir,
+    run_cli,
+    setup_run,
+    str2bool,
+    write_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,18 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     config = dict(vars(build_parser().parse_args(argv)), datasetsteal=None, force=False, stolenhead=True)
-    device = pick_device(config["device"], config["gpu_index"])
-    config["device"] = str(device)
-    setup_threads()
-    seed_everything(config["seed"])
+    device = setup_run(config)
     # with msewithhead the API answers both h and g(h) for each view: one query, two outputs
     answers = "representation+head" if config["losshead"] == "msewithhead" else "representation"
-    if config["victim_url"]:  # a served victim: its card is all the attacker knows
-        connection, victim_record = open_http_victim(config, output=answers)
-    else:
-        service, victim_record = service_from_config(config, answers=answers, scale_flag=config["scale"],
-                                                     device=device)
-        connection = service.connect("attacker")
+    victim = open_victim(config, output=answers, device=device)
+    connection, victim_record = victim.connection, victim.record
     config.update(victim_record)
     config = resolve_defaults(config, config["scale"])  # --n-views has its own default (2)
     if config["victimhead"] and config["losshead"] != "msewithhead":

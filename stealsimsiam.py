@@ -6,7 +6,7 @@ ignored; ImageNet's normalisation), served through the project's victim interfac
 representations. --num_queries images of the query set (--datasetsteal) are each asked once,
 in total over all processes; the stolen encoder then trains on the answers for --epochs with
 SGD (LARS with --lars), learning rate --lr x --batch-size / 256, cosine per step. See
-imagenet.py for the details and README "ImageNet scale" for the numbers.
+attacks/imagenet.py for the details and docs/imagenet.md for the numbers.
 
 Examples:
   # the reference README's command (one process; needs ImageNet under -data DIR/imagenet/train)
@@ -46,15 +46,25 @@ import argparse
 import json
 from pathlib import Path
 
-from client import add_http_victim_args, open_http_victim
+from attacks.connect import add_http_victim_args, open_victim
+from attacks.imagenet import STEAL_LOSSES, steal
 from data_aug import DATASETS
-from distributed import add_job_args, default_workers, launch, quiet_logger, run_ranks
-from errors import UserError
-from imagenet import STEAL_LOSSES, default_run_dir, steal
+from engine.distributed import add_job_args, default_workers, launch, quiet_logger, run_ranks
+from engine.presets import stealsimsiam_run_dir
 from models import STEMS, load_checkpoint
-from utils import (HelpFormatter, add_reference_args, atomic_write_text, get_logger, prepare_run_dir, run_cli,
-                   seed_everything, setup_threads, str2bool, write_config)
-from victim import build_service, load_victim
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_reference_args,
+    atomic_write_text,
+    get_logger,
+    prepare_run_dir,
+    run_cli,
+    seed_everything,
+    setup_threads,
+    str2bool,
+    write_config,
+)
 
 # flags a resumed run must share with the run it continues
 RESUME_KEYS = ("losstype", "num_queries", "datasetsteal", "useval", "batch_size", "seed", "arch", "width",
@@ -73,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("queries")
     g.add_argument("--data", "-data", dest="data", metavar="DIR", default=None,
-                   help="root of the real datasets: ImageNet as DIR/imagenet/{train,val}/<class>/<image> (see README: "
-                        "Data)")
+                   help="root of the real datasets: ImageNet as DIR/imagenet/{train,val}/<class>/<image> (see "
+                        "docs/benchmark.md, Data)")
     g.add_argument("--datasetsteal", default="cifar10", choices=sorted(DATASETS), metavar="NAME",
                    help="query set: imagenet (train/ folder, val/ with --useval True), cifar10, cifar100, svhn, stl10 "
                         "(its unlabeled split) as in the paper, or any other dataset of the project")
@@ -144,7 +154,7 @@ def _run_dir(config: dict) -> Path:
         return Path(config["resume"]).parent
     if config["logdir"]:
         return Path(config["logdir"])
-    return default_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"])
+    return stealsimsiam_run_dir(config["losstype"], config["num_queries"], config["datasetsteal"], config["seed"])
 
 
 def _resume_state(config: dict, run_dir: Path):
@@ -165,46 +175,29 @@ def _resume_state(config: dict, run_dir: Path):
     return ckpt
 
 
-def http_victim(config: dict) -> tuple:
-    """``--victim-url``: this process's connection to the served victim (``client.open_http_victim``;
-    every rank opens its own) and its card. --pretrained, the owner's flag, is refused; -a/--arch,
-    --width and --stem name the *stolen* encoder here, so they are not checked against the card,
-    but --image-size must be the size the service accepts."""
-    connection, record = open_http_victim(
-        {key: config.get(key) for key in ("victim_url", "api_key", "pretrained")}, output="representation",
-        owner_flags={"pretrained": "--pretrained"})
-    card = connection.info
-    if config.get("image_size") is not None and config["image_size"] != card["input_size"]:
-        raise UserError(f"--image-size {config['image_size']} differs from the {card['input_size']} px images the "
-                        f"victim served at {config['victim_url']} accepts; drop --image-size (or serve the victim "
-                        f"with `serve.py --input-size {config['image_size']}`)")
-    return connection, record
-
-
 def run(config: dict, dist) -> dict:
     """One process's part of the job (every rank runs it)."""
     setup_threads()
     seed_everything(config["seed"])
-    victim = connection = None
-    if config["victim_url"]:  # served elsewhere (serve.py): its card is all this side knows
-        connection, record = http_victim(config)
-        card, victim_path = connection.info, config["victim_url"]
-        config.update(api_key=record["api_key"], victim_card={key: card.get(key) for key in (
-            "dataset", "arch", "width", "stem", "input_size", "out_dim", "answers")})  # never the keys themselves
-    elif not config["pretrained"]:
-        raise UserError("name the victim with --pretrained PATH (e.g. the published SimSiam "
-                        "checkpoint_0099-batch256.pth.tar; the reference used a hard-coded path) or with "
-                        "--victim-url URL --api-key KEY (a victim served by serve.py)")
-    else:
-        victim = load_victim(config["pretrained"], seed=config["seed"])
-        card, victim_path = victim.model_card(), str(victim.path)
+    # the published checkpoint (--pretrained) in this process, or a victim served by serve.py (every
+    # rank opens its own connection): -a/--arch, --width and --stem name the *stolen* encoder here,
+    # so they are not checked against the card, but --image-size must be the size a served victim accepts
+    victim = open_victim(config, output="representation", kind="pretrained", device=dist.device,
+                         owner_flags={"pretrained": "--pretrained"}, card_flags={})
+    card = victim.card
+    if victim.url and config.get("image_size") not in (None, card["input_size"]):
+        raise UserError(f"--image-size {config['image_size']} differs from the {card['input_size']} px images the "
+                        f"victim {victim.description} accepts; drop --image-size (or serve the victim "
+                        f"with `serve.py --input-size {config['image_size']}`)")
+    config.update(victim.served_entries)
     for key, value in (("arch", card["arch"]), ("width", card["width"]), ("stem", card["stem"]),
                        ("image_size", card["input_size"])):
         if config.get(key) is None:
             config[key] = value
     if config["workers"] is None:
         config["workers"] = default_workers(dist)
-    config.update(world_size_used=dist.world_size, device=str(dist.device), victim_checkpoint=victim_path)
+    config.update(world_size_used=dist.world_size, device=str(dist.device),
+                  victim_checkpoint=victim.record["victim_checkpoint"])
     run_dir = _run_dir(config)
     config["logdir"] = str(run_dir)
     resume = _resume_state(config, run_dir)
@@ -216,9 +209,7 @@ def run(config: dict, dist) -> dict:
         write_config(run_dir, config)
     dist.barrier()
     logger = get_logger(run_dir) if dist.is_main else quiet_logger()
-    if connection is None:
-        connection = build_service(victim, device=dist.device).connect("attacker")
-    result = steal(config, connection, dist, run_dir, logger, resume=resume)
+    result = steal(config, victim.connection, dist, run_dir, logger, resume=resume)
     if dist.is_main:
         record = {"queries_used": result["queries_used"], "budget": config["num_queries"],
                   "per_rank": result["per_rank"], "processes": dist.world_size}

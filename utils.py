@@ -20,8 +20,32 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+# --------------------------------------------------------------------------- errors
+# Errors shared by every module: utils imports no project module, so anything can use them.
 
-from errors import UserError  # noqa: E402,F401  (re-exported: scripts import it from here)
+class UserError(Exception):
+    """A problem with the user's input (flags, paths, files).
+
+    The CLI wrapper prints its message as one sentence and exits with status 2,
+    without a traceback unless ``--debug`` is given.
+    """
+
+
+class QueryBudgetExceeded(UserError):
+    """A query would take an account past its budget."""
+
+
+class ProofRequired(Exception):
+    """The service wants a proof of work for this batch before answering it.
+
+    ``puzzle`` (a :class:`defenses.pow.Puzzle`) is bound to the account and to the batch;
+    the client solves it and sends the batch again with ``proof={"challenge", "nonce"}``.
+    Raised by the ``pow`` defense, caught by the client's connection.
+    """
+
+    def __init__(self, puzzle):
+        super().__init__(f"proof of work required: {puzzle.bits} bits")
+        self.puzzle = puzzle
 
 
 # --------------------------------------------------------------------------- CLI
@@ -96,19 +120,22 @@ _POS, _NONNEG, _FINITE = Numeric(float, 0, low_open=True), Numeric(float, 0), Nu
 NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["batch", "batch_size", "draws", "epochs", "epochs_head", "epochstrain", "image_size",
                      "log_every_n_steps", "n", "n_views", "num_queries", "out_dim", "queries", "width",
-                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused", "num_labeled_unused", "out_dim_unused",
+                     "widthstolen", "holdout", "puzzles", "num_labeled", "probe_epochs", "num_queries_unused",
+                     "num_labeled_unused", "out_dim_unused",
                      "watermark_hidden", "print_freq", "epochssteal", "nproc", "pretrain_epochs",
-                     "pretrain_batch_size", "moco_dim", "moco_k", "pool_epochs", "max_epochs", "max_batch", "accounts"], _POS_INT),
+                     "pretrain_batch_size", "moco_dim", "moco_k", "pool_epochs", "max_epochs", "max_batch",
+                     "accounts"], _POS_INT),
     **dict.fromkeys(["gpu_index", "seed", "seeds", "workers", "start_epoch", "gpu", "budget"], _NONNEG_INT),
     **dict.fromkeys(["world_size", "rank"], Numeric(int, -1)),
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
-    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused", "temperature_unused",
-                     "pretrain_lr", "moco_t", "lr_head", "distill_temperature", "max_body_mb", "rate_limit",
-                     "expires_days"], _POS),
-    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd", "sigma_unused",
-                     "watermark_weight", "pretrain_wd", "lr_encoder", "batch_wait_ms"], _NONNEG),
+    **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused",
+                     "temperature_unused", "pretrain_lr", "moco_t", "lr_head", "distill_temperature", "max_body_mb",
+                     "rate_limit", "expires_days"], _POS),
+    **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd",
+                     "sigma_unused", "watermark_weight", "pretrain_wd", "lr_encoder", "batch_wait_ms"], _NONNEG),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
-    **dict.fromkeys(["crop_min_scale", "distill_crop_min_scale", "query_fraction"], Numeric(float, 0, 1, low_open=True)),
+    **dict.fromkeys(["crop_min_scale", "distill_crop_min_scale", "query_fraction"],
+                    Numeric(float, 0, 1, low_open=True)),
     "moco_m": Numeric(float, 0, 1),
     "port": Numeric(int, 1, 65535),
     "hflip_p": Numeric(float, 0, 1),
@@ -239,17 +266,6 @@ def add_reference_args(parser: argparse.ArgumentParser, *dests: str) -> argparse
     return group
 
 
-def defaults_epilog(presets: dict[str, dict[str, dict]], extra: Iterable[str] = ()) -> str:
-    """The ``--help`` epilog of a ``{scale: {"*": base, loss: overrides}}`` table of defaults."""
-    lines = ["defaults by scale and loss (a value you type always wins; config.yaml records the result):"]
-    for scale, table in presets.items():
-        lines.append(f"  {scale}: " + ", ".join(f"{k} {v}" for k, v in table["*"].items()))
-        for loss, over in table.items():
-            if loss != "*":
-                lines.append(f"    {loss}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
-    return "\n".join([*lines, *extra])
-
-
 def parse_tags(tags: Iterable[str]) -> dict[str, str]:
     """``--tag KEY=VALUE`` flags as a dict (extra fields of a result record)."""
     out = {}
@@ -320,6 +336,16 @@ def setup_threads() -> None:
     n = os.cpu_count() or 1
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(n)
+
+
+def setup_run(config: dict) -> torch.device:
+    """The first thing a run does: pick the device (recorded in ``config["device"]``), set the
+    threads and seed everything from ``config["seed"]``."""
+    device = pick_device(config["device"], config.get("gpu_index"))
+    config["device"] = str(device)
+    setup_threads()
+    seed_everything(config["seed"])
+    return device
 
 
 # -------------------------------------------------------------------- atomic writes
@@ -445,124 +471,3 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (
     pred = logits.topk(maxk, dim=1).indices
     correct = pred.eq(target.view(-1, 1))
     return [correct[:, : min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
-
-
-# ------------------------------------------------------------- shared flags, presets
-
-# Defaults that depend on the scale of a run. ``cpu`` is for the offline datasets (minutes
-# on 2 cores); ``paper`` is the paper's setup (a GPU and the real data). ``--scale auto``
-# picks ``cpu`` for offline datasets and ``paper`` otherwise. A flag the user typed always
-# wins; the resolved values are written to config.yaml.
-# the default --dataset: the offline CPU benchmark (data_aug/offline.py)
-DEFAULT_DATASET = "mnistm5k"
-
-SCALE_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"arch": "resnet18", "width": 8},  # image size: the dataset's cpu_image_size (28 for mnistm5k)
-    "paper": {"arch": "resnet34", "width": 64, "image_size": 32},
-}
-
-
-def scale_of(dataset: str, scale: Optional[str] = None) -> str:
-    """The one place that decides the scale: ``scale`` when it is cpu or paper; for ``auto``
-    (or ``None``) cpu for the offline datasets and paper otherwise."""
-    if scale not in (None, "auto"):
-        return scale
-    from data_aug import DATASETS
-
-    return "cpu" if DATASETS[dataset].offline else "paper"
-
-
-def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
-    """The shared by-scale defaults (arch, width, image_size) for a dataset."""
-    from data_aug import DATASETS
-
-    scale = scale_of(dataset, scale)
-    preset = dict(SCALE_PRESETS[scale])
-    if scale == "cpu":
-        preset["image_size"] = DATASETS[dataset].cpu_image_size
-    if dataset == "imagenet":
-        preset.update(image_size=224, arch="resnet50")
-    return preset
-
-
-# ------------------------------------------------------------------ run directories
-# The one place that names default run directories (every script and scripts/tables.py call these).
-
-
-def run_dir(kind: str, *parts: Any, seed: int) -> Path:
-    """A default ``--logdir``: ``runs/<kind>_<part>_..._s<seed>``."""
-    return Path("runs") / "_".join([kind, *map(str, parts), f"s{seed}"])
-
-
-def table_run_dir(scale: str, victim_dataset: str, seed: int, name: str) -> Path:
-    """A run of scripts/tables.py: ``runs/tables_<scale>/<victim dataset>_s<seed>/<name>`` (shared by tables)."""
-    return Path("runs") / f"tables_{scale}" / f"{victim_dataset}_s{seed}" / name
-
-
-def victim_run_dir(dataset: str, seed: int, arch: Optional[str] = None, width: Optional[int] = None,
-                   kind: str = "victim") -> Path:
-    """run.py's default ``--logdir``: ``runs/victim_<dataset>_<arch>_w<width>_s<seed>``; a supervised
-    victim (simclrsup.py) is ``kind="supervised"``: ``runs/supervised_<dataset>_...``."""
-    preset = preset_for(dataset)
-    return run_dir(kind, dataset, arch or preset["arch"], f"w{width or preset['width']}", seed=seed)
-
-
-def pretrain_run_dir(method: str, pool: str, arch: str, width: int, seed: int) -> Path:
-    """sslextract.py's pre-trained encoders: ``runs/pretrain_<method>_<pool>_<arch>_w<width>_s<seed>``."""
-    return run_dir("pretrain", method, pool, arch, f"w{width}", seed=seed)
-
-
-def steal_run_dir(losstype: str, num_queries: int, query_dataset: str, seed: int, kind: str = "steal") -> Path:
-    """steal.py's (and stealhead.py's) default ``--logdir``: ``runs/<kind>_<loss>_<queries>_<query data>_s<seed>``."""
-    return run_dir(kind, losstype, num_queries, query_dataset, seed=seed)
-
-
-def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = DEFAULT_DATASET) -> None:
-    from data_aug import DATASETS
-
-    parser.add_argument("-data", "--data", dest="data", metavar="DIR", default=None,
-                        help="root directory of the real datasets (see README: Data); "
-                             "not needed for the offline datasets mnistm5k, mnist5k, digits, digitsm, patches")
-    parser.add_argument("--dataset", default=dataset_default, choices=sorted(DATASETS), metavar="NAME",
-                        help="training dataset: " + ", ".join(DATASETS))
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="working resolution in px (every image is resized once); "
-                             "cpu scale: 28 for mnist5k/mnistm5k, 16 for digits/digitsm; paper scale 32 "
-                             "(224 for imagenet)")
-    parser.add_argument("--download", action="store_true",
-                        help="download a missing real dataset into -data DIR (needs internet)")
-    parser.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
-                        help="preset for the defaults marked 'by scale': cpu (offline data, "
-                             "narrow ResNet, minutes on a CPU) or paper (the paper's setup); "
-                             "auto = cpu for offline datasets, paper otherwise")
-
-
-def add_model_args(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
-    from models import ARCHS, STEMS
-
-    parser.add_argument("-a", "--arch", default=None, choices=ARCHS,
-                        help="encoder architecture (by scale: cpu resnet18, paper resnet34)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="channels of the first ResNet stage; 64 is the standard ResNet, "
-                             "8 trains in minutes on a CPU (by scale: cpu 8, paper 64)")
-    parser.add_argument("--stem", default=None, choices=STEMS,
-                        help="cifar: 3x3 conv, no max-pool (small images); imagenet: 7x7 conv and "
-                             "max-pool (224 px). Default: imagenet from 128 px up, else cifar")
-
-
-def resolve_scale(args: argparse.Namespace, script_presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Return a config dict: the parsed flags, with each ``None`` filled from the scale preset.
-
-    The namespace itself is not changed. ``script_presets`` adds a script's own
-    scale-dependent defaults to the shared ones.
-    """
-    config = dict(vars(args))
-    scale = scale_of(config["dataset"], config.get("scale"))
-    preset = {**preset_for(config["dataset"], scale), **script_presets.get(scale, {})}
-    for key, value in preset.items():
-        if config.get(key) is None:
-            config[key] = value
-    if config.get("stem") is None:
-        config["stem"] = "imagenet" if config["image_size"] >= 128 else "cifar"
-    config["scale"] = scale
-    return config

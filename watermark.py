@@ -1,7 +1,7 @@
 """Ownership verification: is a suspect encoder a copy of my (watermarked) victim?
 
 Runs the owner's tests on one suspect (library: ``defenses.ownership``, ``defenses.watermark``,
-``defenses.inference``; README: Ownership):
+``defenses.inference``; docs/ownership.md):
 
   wsr             watermark success rate: the victim's augmentation predictor on the suspect's
                   representations of the victim's training images rotated as in training
@@ -35,11 +35,21 @@ from pathlib import Path
 import torch
 
 from defenses.ownership import INFERENCE_TESTS, SETTINGS, TESTS, private_public_images, random_like, verify
-from errors import UserError
+from engine.presets import scale_of, victim_run_dir
 from models import load_encoder
-from utils import (HelpFormatter, add_common_args, append_jsonl, apply_numeric_rules, parse_tags, pick_device,
-                   run_cli, scale_of, seed_everything, setup_threads, victim_run_dir)
-from victim import load_victim
+from service.victim import load_victim
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_common_args,
+    append_jsonl,
+    apply_numeric_rules,
+    parse_tags,
+    pick_device,
+    run_cli,
+    seed_everything,
+    setup_threads,
+)
 
 SPECIAL = ("victim", "random")
 
@@ -90,7 +100,8 @@ def _summary(label: str, out: dict) -> list[str]:
         lines.append("  WSR (owner's predictor): " + ", ".join(
             f"{k[4:]} {v:.1f}%" for k, v in w.items() if k.startswith("wsr_")) + f" ({w['n_views']} rotated views)")
     if "retrained" in out:
-        lines.append("  WSR (retrained predictor): " + ", ".join(f"{k[4:]} {v:.1f}%" for k, v in out["retrained"].items()))
+        lines.append("  WSR (retrained predictor): " + ", ".join(
+            f"{k[4:]} {v:.1f}%" for k, v in out["retrained"].items()))
     for test in ("ttest",) + INFERENCE_TESTS:
         if test in out:
             r = out[test]

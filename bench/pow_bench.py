@@ -27,7 +27,8 @@ PREDICT_BITS = (22, 24, 28)
 
 
 def puzzles_for(bits: int, n: int, min_puzzles: int, cheap_bits: int) -> int:
-    """Puzzles to solve at ``bits``: ``n`` up to ``cheap_bits``, then halved per extra bit, never below ``min_puzzles``."""
+    """Puzzles to solve at ``bits``: ``n`` up to ``cheap_bits``, then halved per extra bit, never below
+    ``min_puzzles``."""
     if bits <= cheap_bits:
         return n
     return max(min(n, min_puzzles), n >> (bits - cheap_bits))

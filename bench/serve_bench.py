@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from client import HTTPConnection  # noqa: E402
-from ledger import Ledger  # noqa: E402
-from victim import load_victim  # noqa: E402
+from attacks.client import HTTPConnection  # noqa: E402
+from service.ledger import Ledger  # noqa: E402
+from service.victim import load_victim  # noqa: E402
 
 
 def start(victim: str, ledger: str, batching: str, wait_ms: float, device: str) -> tuple[subprocess.Popen, str]:
@@ -39,8 +39,10 @@ def start(victim: str, ledger: str, batching: str, wait_ms: float, device: str) 
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--victim-checkpoint", victim, "--ledger", ledger,
                              "--port", str(port), "--batching", batching, "--batch-wait-ms", str(wait_ms),
                              "--device", device],
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+                            env={**os.environ,
+                                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                             os.environ.get("PYTHONPATH")]))},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:

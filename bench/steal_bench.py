@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from attacks.client import QueryClient  # noqa: E402
 from data_aug import get_dataset, to_float  # noqa: E402
 from loss import LOSSES, NEEDS  # noqa: E402
 from models import build_encoder  # noqa: E402
+from service.victim import EncoderBackend, VictimService  # noqa: E402
 from utils import pick_device, setup_threads  # noqa: E402
-from client import QueryClient  # noqa: E402
-from victim import EncoderBackend, VictimService  # noqa: E402
 
 
 def steal_epoch(victim: QueryClient, stolen, opt, inputs, batch: int, use_cache: bool, sync) -> float:

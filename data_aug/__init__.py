@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from errors import UserError
+from utils import UserError
 
 from .augment import NViews, SimCLRAugment, rotate, to_float
 from .base import FolderImageSet, ImageSet, iterate_batches

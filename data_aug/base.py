@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from errors import UserError
+from utils import UserError
 
 
 class ImageSet(Dataset):

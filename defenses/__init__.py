@@ -1,6 +1,9 @@
-"""Serving-side defenses: ``DEFENSES[name]``, built from flags by :func:`build_defenses`.
+"""Defenses, and the home of both kinds: serving-side defenses (this module's ``DEFENSES``
+registry) and the owner's ownership tests of a suspect encoder (``watermark``, ``inference``,
+``ownership``: Tables 4 and 16-20).
 
-A defense is a step of a :class:`victim.VictimService`'s chain (interface:
+Serving-side defenses: ``DEFENSES[name]``, each built from its flags by its ``from_flags``
+(:func:`build_defenses`). A defense is a step of a :class:`service.victim.VictimService`'s chain (interface:
 :class:`defenses.base.Defense`): it sees the account, the images, the answers, every output
 of the backend and its own per-account state, and returns the answers to send; it may also
 refuse a batch until a proof of work is shown.
@@ -26,11 +29,11 @@ from __future__ import annotations
 import argparse
 
 from defenses.base import Defense
-from defenses.detect import DETECT_ON, SimilarQueryDetection, default_threshold
+from defenses.detect import DETECT_ON, SimilarQueryDetection
 from defenses.noise import NoisePerturbation
 from defenses.poison import PredictionPoisoning
 from defenses.pow_gate import ProofOfWork
-from errors import UserError
+from utils import UserError, str2bool
 
 DEFENSES: dict[str, type[Defense]] = {
     "noise": NoisePerturbation,
@@ -42,12 +45,11 @@ DETECTION_LOSSES = ("infonce", "softnn")  # the reference's --defence picks dete
 
 
 def add_defense_args(parser: argparse.ArgumentParser, *, mu_default: float = 5.0) -> None:
-    from utils import str2bool
-
-    g = parser.add_argument_group("defenses (serving side; see README: Defenses)")
+    g = parser.add_argument_group("defenses (serving side; see docs/defenses.md)")
     g.add_argument("--defence", type=str2bool, default=False,
                    help="the reference's switch: the victim defends itself with similar-query detection "
-                        f"against an attacker using {' or '.join(DETECTION_LOSSES)} (--losstype) and with noise otherwise")
+                        f"against an attacker using {' or '.join(DETECTION_LOSSES)} (--losstype) "
+                        "and with noise otherwise")
     g.add_argument("--defenses", nargs="+", default=None, metavar="NAME",
                    help=f"the victim's defense chain, in order: any of {', '.join(DEFENSES)} (overrides --defence)")
     g.add_argument("--mu", type=float, default=mu_default, help="noise: mean of the Gaussian noise added")
@@ -90,26 +92,10 @@ def defense_names(config: dict) -> list[str]:
 
 
 def build_defenses(config: dict, scale: str) -> list[Defense]:
-    """The defense chain named by the flags in ``config``, each built from its own flags."""
-    out: list[Defense] = []
+    """The defense chain named by the flags in ``config``, each built from its own flags
+    (``DEFENSES[name].from_flags``)."""
     seed = int(config.get("seed") or 0)
-    for name in defense_names(config):
-        if name == "noise":
-            out.append(NoisePerturbation(config["mu"], config["sigma"], seed=seed))
-        elif name == "detect":
-            threshold = config.get("detect_threshold")
-            if threshold is None:
-                threshold = default_threshold(scale, config["detect_metric"], config["detect_on"])
-            out.append(SimilarQueryDetection(config["detect_on"], config["detect_metric"], threshold,
-                                             mu=config["detect_mu"], sigma=config["sigma"], seed=seed + 1))
-        elif name == "pow":
-            threshold = config.get("pow_threshold")
-            if threshold is None:
-                threshold = default_threshold(scale, "cosine", config["detect_on"])
-            out.append(ProofOfWork(config["pow_bits_min"], config["pow_bits_max"], config["detect_on"], threshold))
-        elif name == "poison":
-            out.append(PredictionPoisoning(config["poison_strength"], seed=seed + 2, data=config.get("data")))
-    return out
+    return [DEFENSES[name].from_flags(config, scale=scale, seed=seed) for name in defense_names(config)]
 
 
 __all__ = ["DEFENSES", "Defense", "add_defense_args", "build_defenses", "defense_names", "NoisePerturbation",

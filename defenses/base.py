@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 
+from defenses.similarity import AnswerHistory
+
 
 class Defense:
     """A step of a :class:`victim.VictimService`'s defense chain.
@@ -23,6 +25,13 @@ class Defense:
     """The JSON-serialisable entries of the per-account state a server keeps across restarts
     (its ledger's ``defense_state``); an entry that is a :class:`defenses.similarity.AnswerHistory`
     is kept as well, row by row (``defense_rows``), so nothing here needs a growing history."""
+
+    @classmethod
+    def from_flags(cls, config: dict, *, scale: str, seed: int) -> "Defense":
+        """The defense its flags in ``config`` describe (``defenses.add_defense_args``); ``scale``
+        picks the by-scale defaults, ``seed`` the run's seed (each defense draws from its own
+        stream derived from it)."""
+        raise NotImplementedError
 
     def prepare(self, service) -> None:
         pass
@@ -44,16 +53,12 @@ class Defense:
 
     def snapshot(self, state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
         """``(the persisted scalars, {state key: its AnswerHistory's rows})`` of one account's state."""
-        from defenses.similarity import AnswerHistory
-
         scalars = {key: state[key] for key in self.persist if key in state}
         histories = {key: value.view() for key, value in state.items() if isinstance(value, AnswerHistory)}
         return scalars, histories
 
     def restore(self, state: dict, scalars: dict, histories: dict[str, torch.Tensor]) -> None:
         """Rebuild one account's state from what :meth:`snapshot` gave (after a restart)."""
-        from defenses.similarity import AnswerHistory
-
         state.update({key: scalars[key] for key in self.persist if key in scalars})
         for key, rows in histories.items():
             history = AnswerHistory(rows.shape[1])

@@ -28,7 +28,7 @@ import torch
 
 from defenses.base import Defense
 from defenses.similarity import AnswerHistory, check_batch_against
-from errors import UserError
+from utils import UserError
 
 DETECT_ON = {"head": "head", "rep": "representation"}
 # default --detect-threshold by (scale, metric, watched output). paper: the reference's cos > 0.6
@@ -63,6 +63,14 @@ def is_similar(scores: torch.Tensor, metric: str, threshold: float) -> torch.Ten
 class SimilarQueryDetection(Defense):
     name = "detect"
     persist = ("checked", "flagged")
+
+    @classmethod
+    def from_flags(cls, config: dict, *, scale: str, seed: int) -> "SimilarQueryDetection":
+        threshold = config.get("detect_threshold")
+        if threshold is None:
+            threshold = default_threshold(scale, config["detect_metric"], config["detect_on"])
+        return cls(config["detect_on"], config["detect_metric"], threshold, mu=config["detect_mu"],
+                   sigma=config["sigma"], seed=seed + 1)
 
     def __init__(self, on: str = "head", metric: str = "cosine", threshold: float = 0.6,
                  mu: float = 1000.0, sigma: float = 0.5, seed: int = 0, chunk: int = 8192):

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_aug.augment import to_float
-from errors import UserError
 from statistical_tests.t_test import ttest
+from utils import UserError
 
 VERDICTS = ("stolen", "not stolen", "inconclusive")
 TESTS = ("l2", "noise_ball", "private_public")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from defenses.base import Defense
-from errors import UserError
+from utils import UserError
 
 
 class NoisePerturbation(Defense):
@@ -19,6 +19,10 @@ class NoisePerturbation(Defense):
 
     name = "noise"
     persist = ("perturbed",)
+
+    @classmethod
+    def from_flags(cls, config: dict, *, scale: str, seed: int) -> "NoisePerturbation":
+        return cls(config["mu"], config["sigma"], seed=seed)
 
     def __init__(self, mu: float = 5.0, sigma: float = 0.5, seed: int = 0):
         if not 0 <= sigma < float("inf"):

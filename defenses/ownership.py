@@ -30,10 +30,19 @@ import torch
 from torch import nn
 
 from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout
-from errors import UserError
 from defenses import inference
-from defenses.watermark import (check_dims, load_predictor, ownership_test, predictor_correct, retrained_wsr,
-                                rotated_features)
+from defenses.watermark import (
+    check_dims,
+    load_predictor,
+    ownership_test,
+    predictor_correct,
+    retrained_wsr,
+    rotated_features,
+)
+from engine.presets import scale_of
+from models import ResNetEncoder, load_encoder
+from models.checkpoint import encoder_kwargs
+from utils import UserError
 
 WATERMARK_TESTS = ("wsr", "retrained", "ttest")
 INFERENCE_TESTS = ("l2", "noise_ball", "private_public")
@@ -63,9 +72,6 @@ def private_public_images(dataset: str, image_size: int, *, n: Optional[int] = N
 
 def random_like(encoder: nn.Module, seed: int) -> nn.Module:
     """The suspect that was never trained: the victim's architecture at a seeded random initialisation."""
-    from models import ResNetEncoder
-    from models.checkpoint import encoder_kwargs
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ResNetEncoder(**encoder_kwargs(encoder))
@@ -137,15 +143,13 @@ def verify(*, victim_encoder: nn.Module, victim_checkpoint: dict, victim_path: o
     return out
 
 
-def stolen_watermark(victim_checkpoint: str, stolen_checkpoint: str, *, data: Optional[str] = None,
+def stolen_watermark(victim, stolen_checkpoint: str, *, data: Optional[str] = None,
                      n: Optional[int] = None, seed: int = 0, device: torch.device | str = "cpu") -> dict:
     """``steal.py --watermark True``'s last step, on the owner's side: the WSR of the stolen encoder
-    and of the victim, with the victim's secret predictor, on its first ``n`` training images."""
-    from models import load_encoder
-    from utils import scale_of
-    from victim import load_victim
+    and of the victim, with the victim's secret predictor, on its first ``n`` training images.
 
-    victim = load_victim(victim_checkpoint)
+    ``victim`` is the owner's loaded victim (:func:`service.victim.load_victim`: its encoder,
+    checkpoint, path, dataset and image size)."""
     predictor = load_predictor(victim.checkpoint, victim.path)
     with torch.random.fork_rng(devices=[]):
         stolen, _, _ = load_encoder(stolen_checkpoint)
@@ -156,5 +160,5 @@ def stolen_watermark(victim_checkpoint: str, stolen_checkpoint: str, *, data: Op
         feats, labels = rotated_features(enc.to(device), private, seed=seed, device=device)
         out[f"wsr_{name}"] = 100.0 * predictor_correct(predictor, feats, labels).mean().item()
     out["n_views"] = int(2 * private.shape[0])
-    out["victim_checkpoint"], out["stolen_checkpoint"] = str(victim_checkpoint), str(stolen_checkpoint)
+    out["victim_checkpoint"], out["stolen_checkpoint"] = str(victim.path), str(stolen_checkpoint)
     return out

@@ -28,7 +28,8 @@ from torch import nn
 
 from data_aug import dataset_info, get_dataset, to_float
 from defenses.base import Defense
-from errors import UserError
+from models.probe import train_probe
+from utils import UserError
 
 
 def null_space_projector(weight: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,10 @@ def fresh_copy(module: nn.Module, seed: int) -> nn.Module:
 class PredictionPoisoning(Defense):
     name = "poison"
 
+    @classmethod
+    def from_flags(cls, config: dict, *, scale: str, seed: int) -> "PredictionPoisoning":
+        return cls(config["poison_strength"], seed=seed + 2, data=config.get("data"))
+
     def __init__(self, strength: float = 1.0, seed: int = 0, data: str | None = None, batch_size: int = 512):
         if not 0 <= strength < math.inf:
             raise UserError(f"--poison-strength must be a non-negative number, got {strength}")
@@ -81,7 +86,6 @@ class PredictionPoisoning(Defense):
         x = to_float(train.images)
         answers = torch.cat([backend.outputs(x[i:i + self.batch_size])[service.answers].cpu()
                              for i in range(0, len(x), self.batch_size)])
-        from probe import train_probe
 
         probe, _, _ = train_probe(answers, train.labels, num_classes=dinfo.num_classes, seed=self.seed)
         self.classifier = probe.cpu()

@@ -31,10 +31,10 @@ import math
 import torch
 
 from defenses.base import Defense
-from defenses.detect import DETECT_ON, check_threshold
+from defenses.detect import DETECT_ON, check_threshold, default_threshold
 from defenses.pow import Puzzle, difficulty, new_puzzle, verify
 from defenses.similarity import AnswerHistory, check_batch_against
-from errors import ProofRequired, UserError
+from utils import ProofRequired, UserError
 
 
 class ProofRejected(UserError):
@@ -48,6 +48,13 @@ def batch_digest(images: torch.Tensor) -> str:
 class ProofOfWork(Defense):
     name = "pow"
     persist = ("similar", "answered", "pending", "bits_paid", "expected_hashes")
+
+    @classmethod
+    def from_flags(cls, config: dict, *, scale: str, seed: int) -> "ProofOfWork":
+        threshold = config.get("pow_threshold")
+        if threshold is None:  # the cosine default of --detect-threshold
+            threshold = default_threshold(scale, "cosine", config["detect_on"])
+        return cls(config["pow_bits_min"], config["pow_bits_max"], config["detect_on"], threshold)
 
     def __init__(self, bits_min: int = 0, bits_max: int = 12, on: str = "head", threshold: float = 0.9):
         if not (isinstance(bits_min, int) and isinstance(bits_max, int) and 0 <= bits_min <= bits_max <= 32):

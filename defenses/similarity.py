@@ -52,6 +52,101 @@ def _normalise(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
 
 
+def _checked_history(batch: Tensor, history: Tensor | None, chunk: int) -> Tensor | None:
+    """Validate the arguments of :func:`nearest_earlier`; an empty history becomes ``None``."""
+    if batch.dim() != 2:
+        raise ValueError(f"batch must be a 2-D tensor [B, D], got shape {tuple(batch.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of rows, got {chunk}")
+    D = batch.shape[1]
+    if history is not None:
+        if history.dim() != 2 or history.shape[1] != D:
+            raise ValueError(f"history must be [N, {D}] to match the batch, got shape {tuple(history.shape)}")
+        if history.shape[0] == 0:
+            history = None
+    return history
+
+
+def _start_search(batch: Tensor, cos: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """The batch in float32 (normalised for cosine), its squared norms (l2 only, else ``None``),
+    and the running best key and index of every row, before any candidate."""
+    device = batch.device
+    B = batch.shape[0]
+    b = batch.detach().to(torch.float32)
+    b_sq = None
+    if cos:
+        b = _normalise(b)
+        best = torch.full((B,), SENTINEL["cosine"], dtype=torch.float32, device=device)
+    else:
+        b_sq = (b * b).sum(dim=1)
+        # running best of key = ||h||^2 - 2 b.h  (= distance^2 - ||b||^2, same ordering per row)
+        best = torch.full((B,), math.inf, dtype=torch.float32, device=device)
+    idx = torch.full((B,), -1, dtype=torch.long, device=device)
+    return b, b_sq, best, idx
+
+
+def _update(best: Tensor, idx: Tensor, key: Tensor, offset: int, cos: bool) -> tuple[Tensor, Tensor]:
+    """The running ``(best, idx)`` after the candidates of ``key`` [B, c] (column 0 = index ``offset``)."""
+    # per row the first best column wins, and it replaces the running best only when
+    # strictly better, so earlier candidates win ties
+    if cos:
+        arg = key.argmax(dim=1)
+        val = key.gather(1, arg[:, None]).squeeze(1)
+        better = val > best
+    else:
+        arg = key.argmin(dim=1)
+        val = key.gather(1, arg[:, None]).squeeze(1)
+        better = val < best
+    best = torch.where(better, val, best)
+    idx = torch.where(better, arg + offset, idx)
+    return best, idx
+
+
+def _search_history(b: Tensor, history: Tensor | None, chunk: int, cos: bool, best: Tensor,
+                    idx: Tensor) -> tuple[Tensor, Tensor]:
+    """The running ``(best, idx)`` after every row of ``history``, ``chunk`` rows per matrix product."""
+    n_hist = 0 if history is None else history.shape[0]
+    for start in range(0, n_hist, chunk):
+        h = history[start:start + chunk].detach().to(device=b.device, dtype=torch.float32)
+        if cos:
+            key = b @ _normalise(h).T
+        else:
+            key = torch.addmm((h * h).sum(dim=1)[None, :], b, h.T, alpha=-2.0)
+        best, idx = _update(best, idx, key, start, cos)
+    return best, idx
+
+
+def _search_within_batch(b: Tensor, b_sq: Tensor | None, n_hist: int, cos: bool, best: Tensor,
+                         idx: Tensor) -> tuple[Tensor, Tensor]:
+    """The running ``(best, idx)`` after the earlier rows of the batch itself (indices from ``n_hist``)."""
+    # within the batch: candidates j < i only (mask the diagonal and above)
+    B = b.shape[0]
+    upper = torch.ones(B, B, dtype=torch.bool, device=b.device).triu()
+    if cos:
+        key = (b @ b.T).masked_fill(upper, -math.inf)
+    else:
+        key = torch.addmm(b_sq[None, :], b, b.T, alpha=-2.0).masked_fill(upper, math.inf)
+    return _update(best, idx, key, n_hist, cos)
+
+
+def _final_scores(b: Tensor, history: Tensor | None, n_hist: int, cos: bool, best: Tensor,
+                  idx: Tensor) -> Tensor:
+    """The scores of the winners: clamped cosines, or l2 distances recomputed directly."""
+    found = idx >= 0
+    if cos:
+        return torch.where(found, best.clamp(-1.0, 1.0), best)
+    # recompute the winner's distance directly (exact 0 for duplicates)
+    safe = idx.clamp_min(0)
+    other = torch.empty_like(b)
+    in_hist = safe < n_hist
+    if n_hist:
+        hi = safe[in_hist]
+        other[in_hist] = history[hi.to(history.device)].to(device=b.device, dtype=torch.float32)
+    other[~in_hist] = b[safe[~in_hist] - n_hist]
+    dist = (b - other).norm(dim=1)
+    return torch.where(found, dist, best)
+
+
 def nearest_earlier(batch: Tensor, history: Tensor | None, metric: str,
                     chunk: int = 8192) -> tuple[Tensor, Tensor]:
     """For each row ``i`` of ``batch`` [B, D], its most similar earlier answer.
@@ -65,78 +160,15 @@ def nearest_earlier(batch: Tensor, history: Tensor | None, metric: str,
     ``chunk`` rows at a time). Ties go to the earliest index.
     """
     _check_metric(metric)
-    if batch.dim() != 2:
-        raise ValueError(f"batch must be a 2-D tensor [B, D], got shape {tuple(batch.shape)}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be a positive number of rows, got {chunk}")
-    device = batch.device
-    B, D = batch.shape
-    if history is not None:
-        if history.dim() != 2 or history.shape[1] != D:
-            raise ValueError(f"history must be [N, {D}] to match the batch, got shape {tuple(history.shape)}")
-        if history.shape[0] == 0:
-            history = None
+    history = _checked_history(batch, history, chunk)
     n_hist = 0 if history is None else history.shape[0]
-
     cos = metric == "cosine"
-    b = batch.detach().to(torch.float32)
-    if cos:
-        b = _normalise(b)
-        best = torch.full((B,), SENTINEL["cosine"], dtype=torch.float32, device=device)
-    else:
-        b_sq = (b * b).sum(dim=1)
-        # running best of key = ||h||^2 - 2 b.h  (= distance^2 - ||b||^2, same ordering per row)
-        best = torch.full((B,), math.inf, dtype=torch.float32, device=device)
-    idx = torch.full((B,), -1, dtype=torch.long, device=device)
-    if B == 0:
+    b, b_sq, best, idx = _start_search(batch, cos)
+    if batch.shape[0] == 0:
         return best, idx
-
-    def update(key: Tensor, offset: int) -> None:
-        # key [B, c]; per row the first best column wins, and it replaces the running
-        # best only when strictly better, so earlier candidates win ties
-        nonlocal best, idx
-        if cos:
-            arg = key.argmax(dim=1)
-            val = key.gather(1, arg[:, None]).squeeze(1)
-            better = val > best
-        else:
-            arg = key.argmin(dim=1)
-            val = key.gather(1, arg[:, None]).squeeze(1)
-            better = val < best
-        best = torch.where(better, val, best)
-        idx = torch.where(better, arg + offset, idx)
-
-    for start in range(0, n_hist, chunk):
-        h = history[start:start + chunk].detach().to(device=device, dtype=torch.float32)
-        if cos:
-            key = b @ _normalise(h).T
-        else:
-            key = torch.addmm((h * h).sum(dim=1)[None, :], b, h.T, alpha=-2.0)
-        update(key, start)
-
-    # within the batch: candidates j < i only (mask the diagonal and above)
-    upper = torch.ones(B, B, dtype=torch.bool, device=device).triu()
-    if cos:
-        key = (b @ b.T).masked_fill(upper, -math.inf)
-    else:
-        key = torch.addmm(b_sq[None, :], b, b.T, alpha=-2.0).masked_fill(upper, math.inf)
-    update(key, n_hist)
-
-    found = idx >= 0
-    if cos:
-        scores = torch.where(found, best.clamp(-1.0, 1.0), best)
-    else:
-        # recompute the winner's distance directly (exact 0 for duplicates)
-        safe = idx.clamp_min(0)
-        other = torch.empty_like(b)
-        in_hist = safe < n_hist
-        if n_hist:
-            hi = safe[in_hist]
-            other[in_hist] = history[hi.to(history.device)].to(device=device, dtype=torch.float32)
-        other[~in_hist] = b[safe[~in_hist] - n_hist]
-        dist = (b - other).norm(dim=1)
-        scores = torch.where(found, dist, best)
-    return scores, idx
+    best, idx = _search_history(b, history, chunk, cos, best, idx)
+    best, idx = _search_within_batch(b, b_sq, n_hist, cos, best, idx)
+    return _final_scores(b, history, n_hist, cos, best, idx), idx
 
 
 @dataclasses.dataclass

@@ -37,10 +37,10 @@ from scipy import stats
 from torch import nn
 
 from data_aug import rotate
-from errors import UserError
 from models import build_mlp, load_state_dict_strict
 from simclr import Step
 from statistical_tests.t_test import ttest
+from utils import UserError
 
 TASK = "rotation"
 INTERVALS = ((0.0, 180.0), (180.0, 360.0))  # class 0, class 1 (degrees, upper bound excluded)

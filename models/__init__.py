@@ -4,10 +4,18 @@
 representation ``(N, D)``; heads come from :func:`build_mlp`; checkpoints are written and
 read by :mod:`models.checkpoint`.
 """
-from .resnet import RESNET_SPECS, STEMS, ResNetEncoder
+from .checkpoint import (
+    CheckpointError,
+    build_head,
+    load_checkpoint,
+    load_encoder,
+    load_state_dict_strict,
+    save_checkpoint,
+    save_simsiam,
+    strip_prefixes,
+)
 from .heads import EncoderWithHead, build_mlp, simclr_head_dims
-from .checkpoint import (CheckpointError, build_head, load_checkpoint, load_encoder,
-                         load_state_dict_strict, save_checkpoint, save_simsiam, strip_prefixes)
+from .resnet import RESNET_SPECS, STEMS, ResNetEncoder
 
 ARCHS = tuple(RESNET_SPECS)
 

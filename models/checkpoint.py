@@ -14,7 +14,8 @@ would run code is refused). Layout::
 other code (torchvision, the reference's ``{"state_dict": ...}`` with ``backbone.*`` keys and
 its CIFAR ResNet's ``shortcut`` modules, kuangliu's ``{"net": ...}``) are loaded too: the
 architecture is read from the weights, prefixes are stripped, ``shortcut`` is renamed
-``downsample``, and any missing or unexpected key is named in the error. A checkpoint of the published SimSiam code (``module.encoder.*`` with its projector
+``downsample``, and any missing or unexpected key is named in the error. A checkpoint of the
+published SimSiam code (``module.encoder.*`` with its projector
 ``module.encoder.fc.*``, ``module.predictor.*``) gives its backbone without the projector, with
 ImageNet's input normalisation (:func:`is_simsiam`); :func:`save_simsiam` writes one of our
 encoders in that format.
@@ -29,8 +30,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from errors import UserError
-from utils import atomic_path
+from data_aug import dataset_info
+from utils import UserError, atomic_path
 
 from .heads import build_mlp
 from .resnet import ResNetEncoder
@@ -225,8 +226,6 @@ def _load_simsiam(path, ckpt: dict, *, arch, stem, width):
     ImageNet stem read from the weights and ImageNet's input normalisation (SimSiam trained on
     normalised ImageNet images; our encoders normalise inside). Every missing or unexpected
     key is named in the error. The checkpoint gets ``kind: simsiam`` and ``dataset: imagenet``."""
-    from data_aug import dataset_info
-
     sd = {k[len(SIMSIAM_ENCODER):]: v for k, v in ckpt["state_dict"].items()
           if k.startswith(SIMSIAM_ENCODER) and not k.startswith(SIMSIAM_ENCODER + "fc.")}
     found = _architecture(path, sd, {"arch": arch, "stem": stem, "width": width},

@@ -33,15 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import HelpFormatter, Numeric, UserError, run_cli  # noqa: E402
+from data_aug import DATASETS, OFFLINE, dataset_info, get_dataset, split_holdout, write_image_folder
+from models import load_encoder, save_simsiam
+from utils import HelpFormatter, Numeric, UserError, run_cli
 
 SPLITS = (("train", "train_split"), ("val", "test_split"))  # folder <- DatasetInfo attribute naming the split
 VICTIM_FILE = "simsiam_victim.pth.tar"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data_aug import DATASETS, OFFLINE
-
     labelled = [name for name in OFFLINE if DATASETS[name].num_classes > 0]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="mnistm5k", choices=labelled,
@@ -69,8 +69,6 @@ def _count_images(folder: Path) -> int:
 
 def write_split(images, out: Path, split: str, overwrite: bool) -> str:
     """Write one split folder, or keep it when it already holds as many images; returns a status line."""
-    from data_aug import write_image_folder
-
     folder = out / "imagenet" / split
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         found = _count_images(folder)
@@ -86,8 +84,6 @@ def write_split(images, out: Path, split: str, overwrite: bool) -> str:
 
 def export_victim(checkpoint: str, out: Path) -> list[str]:
     """Re-export a victim's encoder as DIR/simsiam_victim.pth.tar; returns the lines to print."""
-    from models import load_encoder, save_simsiam
-
     encoder, _, ckpt = load_encoder(checkpoint)
     own = ("no normalisation" if encoder.mean is None else
            f"its own mean {tuple(round(m, 4) for m in encoder.mean)}, std {tuple(round(s, 4) for s in encoder.std)}")
@@ -101,7 +97,6 @@ def export_victim(checkpoint: str, out: Path) -> list[str]:
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    from data_aug import dataset_info, get_dataset, split_holdout
 
     info = dataset_info(args.dataset)
     out = Path(args.out)

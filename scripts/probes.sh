@@ -3,7 +3,7 @@
 # mse, infonce, softnn; seeds $SEEDS, default 0 1 2): the reference's
 # probe (linear_eval.py --probe reference: Adam through the frozen encoder, 100 epochs, train-mode
 # BatchNorm) beside ours (--probe lbfgs, whose numbers are the committed Table 2 records), so the
-# report can show how far the two probes differ (README, Difference 5).
+# report can show how far the two probes differ (docs/differences.md, difference 5).
 #   bash scripts/probes.sh            # needs the Table 2 models in runs/ (bash scripts/table2.sh first)
 # Resumable: an evaluation already in results/probes_cpu.jsonl is skipped. Results: results/probes_cpu.jsonl.
 set -euo pipefail

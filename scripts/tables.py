@@ -37,8 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import (UserError, append_jsonl, apply_numeric_rules, pretrain_run_dir,  # noqa: E402
-                   preset_for, read_jsonl, run_cli, table_run_dir, victim_run_dir)
+from engine.presets import preset_for, pretrain_run_dir, table_run_dir, victim_run_dir
+from models import load_checkpoint
+from utils import UserError, append_jsonl, apply_numeric_rules, read_jsonl, run_cli
 
 # per scale: victim datasets, downstream columns, queries, and the OOD query set
 SETUP = {
@@ -136,7 +137,8 @@ def attack_rows(table: str, s: dict) -> list[tuple[str, str, list[str], dict]]:
             losses.insert(5, "symmetrized")
         return [(loss, "steal", ["--losstype", loss, "--num_queries", q], {}) for loss in losses]
     losses = {"table7": s["table7_losses"], "table9": ["softnn"], "efficiency": s["efficiency_losses"]}[table]
-    counts = {"table7": s["table7_queries"], "table9": s["table9_queries"], "efficiency": s["efficiency_queries"]}[table]
+    counts = {"table7": s["table7_queries"], "table9": s["table9_queries"],
+              "efficiency": s["efficiency_queries"]}[table]
     source = {"table7": ["--datasetsteal", s["ood"]], "table9": ["--force", "True"], "efficiency": []}[table]
     rows = []
     for loss in losses:
@@ -221,7 +223,8 @@ def defense_columns(table: str, s: dict) -> list[tuple[str, list[str], list[str]
                 cols.append((f"{metric} sigma={_num(sig)}", flags, ["--losstype", "infonce", "--n-views", "2"] + q))
         return cols
     if table == "poison":
-        return [(f"strength={_num(x)}", undefended if x == 0 else ["--defenses", "poison", "--poison-strength", _num(x)],
+        return [(f"strength={_num(x)}",
+                 undefended if x == 0 else ["--defenses", "poison", "--poison-strength", _num(x)],
                  ["--losstype", "mse"] + q) for x in s["poison_strengths"]]
     raise KeyError(table)
 
@@ -242,7 +245,7 @@ def seed_victims(table: str, scale: str, seeds: list[int], data: str | None):
 def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, results: str) -> list[Step]:
     """Tables 10-15, the proof-of-work table and prediction poisoning: per seed and column, a
     legitimate user and an adversary facing the same defended victim (Tables 10-12, poison),
-    or the training-free measurements of ``defenses.measure`` (table13 = Tables 13-15, pow)."""
+    or the training-free measurements of ``measure_defenses.py`` (table13 = Tables 13-15, pow)."""
     steps: list[Step] = []
     for s, data_flags, seed, vckpt, step, base in seed_victims(table, scale, seeds, data):
         steps.append(step)
@@ -250,7 +253,7 @@ def defense_plan(table: str, scale: str, seeds: list[int], data: str | None, res
             tags = {**base, "row": "detection" if table == "table13" else "pow", "column": "all"}
             argv = ["detection" if table == "table13" else "pow", "--victim-checkpoint", vckpt, "--seed", str(seed),
                     "--scale", scale, "--results", results] + data_flags
-            steps.append(Step("defenses.measure", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
+            steps.append(Step("measure_defenses", argv + [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")],
                               tags=tags, needs=vckpt))
             continue
         for column, defense_flags, adversary_flags in defense_columns(table, s):
@@ -278,7 +281,7 @@ SYBIL_DEFENSES = {"detect": ["--defenses", "detect", "--detect-metric", "cosine"
                   "pow": ["--defenses", "pow", "--pow-bits-min", "0", "--pow-bits-max", "16"]}
 
 
-def sybil_cells(s: dict) -> list[tuple[str, str, list[str], dict]]:
+def sybil_run_cells(s: dict) -> list[tuple[str, str, list[str], dict]]:
     """The Sybil table's cells: ``(row = defense, column, steal flags, extra tags)``. The attacker is
     Table 12's (InfoNCE on two augmented views of each image, the defense tables' queries and
     epochs) spread over K accounts; above one account, once per ``--sybil-split`` (column
@@ -304,7 +307,7 @@ def sybil_plan(table: str, scale: str, seeds: list[int], data: str | None, resul
     steps: list[Step] = []
     for s, data_flags, seed, vckpt, step, base in seed_victims(table, scale, seeds, data):
         steps.append(step)
-        for row, column, flags, extra in sybil_cells(s):
+        for row, column, flags, extra in sybil_run_cells(s):
             logdir = str(table_run_dir(scale, s["victim"], seed, run_name("steal", flags)))
             ckpt = f"{logdir}/checkpoint.pt"
             steps.append(Step("steal", ["--victim-checkpoint", vckpt, "--seed", str(seed), "--logdir", logdir,
@@ -529,7 +532,6 @@ def checkpoint_finished(path: str) -> bool:
     full = ROOT / path
     if not full.is_file():
         return False
-    from models import load_checkpoint
 
     try:
         ckpt = load_checkpoint(full)
@@ -595,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "query augmentation, table18 l2 distance, table19 noise-ball test, table20 private vs public; "
                         "ImageNet: table3 losses and query sets, table8 number of CIFAR10 queries; sslextract: the "
                         "companion study, classifier extraction with SSL pre-training by query fraction)")
-    p.add_argument("--scale", default="cpu", choices=["cpu", "paper"], help="offline CPU analogue, or the paper's setup")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "paper"],
+                   help="offline CPU analogue, or the paper's setup")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (victim and attack): default 0 1 2 at cpu scale, 0 at paper scale; the report "
                         "gives mean and 95%% confidence interval over them")

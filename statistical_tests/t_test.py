@@ -20,7 +20,7 @@ from scipy import stats
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from errors import UserError  # noqa: E402
+from utils import UserError  # noqa: E402
 
 ALTERNATIVES = {"two-sided": "two-sided", "two.sided": "two-sided", "greater": "greater", "less": "less"}
 

@@ -34,7 +34,7 @@ def start_server(victim, ledger, port=None, extra=()):
                     return proc, url
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the server did not start: {proc.stdout.read().decode()[-2000:]}")
+                raise RuntimeError(f"the server did not start: {proc.stdout.read().decode()[-2000:]}") from None
             time.sleep(0.2)
 
 

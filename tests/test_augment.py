@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from data_aug import NViews, SimCLRAugment, to_float
-from data_aug.augment import (adjust_brightness, adjust_contrast, adjust_saturation, blur_kernel_size,
-                              grayscale, hsv_to_rgb, rgb_to_hsv)
+from data_aug.augment import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    blur_kernel_size,
+    grayscale,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
 
 
 def batch(n=8, size=16, seed=0):

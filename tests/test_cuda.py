@@ -20,9 +20,10 @@ import linear_eval
 import run as run_script
 import steal
 import stealsimsiam
+from attacks.imagenet import use_channels_last
 from data_aug import get_dataset, write_image_folder
-from imagenet import precision_for
 from models import build_encoder, load_checkpoint, save_simsiam
+from simclr import precision_from_flags
 from utils import read_jsonl
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("one_thread")]
@@ -69,7 +70,8 @@ def test_stealsimsiam_bf16_step_on_cuda_matches_cpu(tmp_path):
     torch.manual_seed(0)
     victim = save_simsiam(root / "victim.pth.tar", build_encoder("resnet18", stem="cifar", width=4,
                                                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
-    precision, channels_last = precision_for({"precision": "auto"}, torch.device("cuda"))
+    precision = precision_from_flags({"precision": "auto"}, torch.device("cuda"))
+    channels_last = use_channels_last({"precision": "auto"}, torch.device("cuda"))
     assert precision.enabled and precision.dtype == torch.bfloat16 and channels_last
     with precision.autocast():
         out = build_encoder("resnet18", width=4).cuda()(torch.rand(2, 3, 16, 16, device="cuda"))

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-import attack
 import legitimate
 import run
 import steal
+from attacks import encoder as attack
 from data_aug import get_dataset, to_float
 from defenses import DEFENSES, build_defenses, defense_names
 from defenses.detect import SimilarQueryDetection
@@ -15,10 +15,9 @@ from defenses.noise import NoisePerturbation
 from defenses.poison import PredictionPoisoning
 from defenses.pow import Puzzle, solve, verify
 from defenses.pow_gate import ProofOfWork, ProofRejected
-from errors import UserError
 from models import build_encoder, build_mlp, load_checkpoint
-from utils import get_logger, prepare_run_dir
-from victim import EncoderBackend, ProofRequired, VictimService, build_service, load_victim
+from service.victim import EncoderBackend, ProofRequired, VictimService, build_service, load_victim
+from utils import UserError, get_logger, prepare_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +244,7 @@ class _PixelBackend:
 
 
 def test_pow_measurement_makes_a_repeating_attacker_pay_more():
-    from defenses.measure import pow_costs
+    from evaluation.defenses import pow_costs
 
     pool = torch.randint(0, 256, (128, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

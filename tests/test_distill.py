@@ -6,15 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client import QueryClient
+from attacks.client import QueryClient
+from attacks.distill import (
+    DISTILL_KINDS,
+    Distiller,
+    distill_optimizer,
+    distill_step,
+    distillation_loss,
+    fidelity_and_accuracy,
+    query_fraction,
+)
 from data_aug import get_dataset, to_float
-from distill import (DISTILL_KINDS, Distiller, distill_optimizer, distill_step, distillation_loss,
-                     fidelity_and_accuracy, query_fraction)
-from errors import QueryBudgetExceeded
 from models import build_encoder
+from service.victim import ClassifierBackend, VictimService
 from simclr import Precision, fit
-from utils import get_logger
-from victim import ClassifierBackend, VictimService
+from utils import QueryBudgetExceeded, get_logger
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,10 @@ import torch
 import linear_eval
 import linear_finetune_simclr as lfs
 from data_aug import get_dataset, split_holdout
-from errors import UserError
+from evaluation.probe import finetune, snapshot
 from models import build_encoder, load_encoder, save_checkpoint
-from probe import Probe, finetune, fidelity, snapshot
+from models.probe import Probe, fidelity
+from utils import UserError
 
 CPU = torch.device("cpu")
 FAST = ["--device", "cpu", "-n", "300"]

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from data_aug import ImageSet, get_dataset, write_image_folder
-from errors import UserError
 from models import build_encoder, load_encoder, save_simsiam
 from models.checkpoint import is_simsiam
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

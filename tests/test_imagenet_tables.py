@@ -4,8 +4,8 @@ its records, and the report's sections."""
 import sys
 from pathlib import Path
 
-import report
 import utils
+from reports import document, paper_tables, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import tables  # noqa: E402
@@ -69,15 +69,16 @@ def test_report_has_the_imagenet_sections(tmp_path):
                                                                "row": f"infonce_{n}", "column": "mnistm5k",
                                                                "seed": str(seed),
                                                                "metrics": {"top1": acc + seed, "n_test": 1000}})
-    text = report.write_report(tmp_path, tmp_path / "REPORT.md").read_text()
+    text = document.write_report(tmp_path, tmp_path / "REPORT.md").read_text()
     assert "Table 3: ImageNet SimSiam ResNet50 victim" in text and "Table 8: ImageNet ResNet50 victim" in text
     assert "| mse_1000_imagenet | 56.0 ±" in text and "re-exported in SimSiam's checkpoint format" in text
     assert (tmp_path / "table8_cpu_queries.png").is_file()
     # the claims by hand: every seed shifts all rows alike, so paired differences have no spread
-    data = report.collect([r for f in ("table3_cpu.jsonl", "table8_cpu.jsonl") for r in utils.read_jsonl(tmp_path / f)])
-    claims = {c: (v, e) for c, v, e in report.imagenet_claims(data)}
+    data = paper_tables.collect([r for f in ("table3_cpu.jsonl", "table8_cpu.jsonl")
+                                 for r in utils.read_jsonl(tmp_path / f)])
+    claims = {c: (v, e) for c, v, e in paper_tables.imagenet_claims(data)}
     verdicts = [v for v, _ in claims.values()]
-    assert len(claims) == 4 and verdicts == [report.HOLDS] * 4, claims
+    assert len(claims) == 4 and verdicts == [stats.HOLDS] * 4, claims
     infonce_vs_mse = next(e for c, (v, e) in claims.items() if "InfoNCE steals" in c)
     assert "1000_imagenet 3.0" in infonce_vs_mse
     best = next(e for c, (v, e) in claims.items() if "90%" in c)
@@ -87,5 +88,5 @@ def test_report_has_the_imagenet_sections(tmp_path):
         utils.append_jsonl(tmp_path / "table3_cpu.jsonl", {"table": "table3", "scale": "cpu", "row": "mse_10_imagenet",
                                                            "column": "mnistm5k", "seed": str(seed),
                                                            "metrics": {"top1": 20.0 + seed, "n_test": 1000}})
-    data = report.collect(utils.read_jsonl(tmp_path / "table3_cpu.jsonl"))
-    assert report.imagenet_claims(data)[0][1] == report.FAILS
+    data = paper_tables.collect(utils.read_jsonl(tmp_path / "table3_cpu.jsonl"))
+    assert paper_tables.imagenet_claims(data)[0][1] == stats.FAILS

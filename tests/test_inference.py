@@ -11,10 +11,18 @@ from scipy import stats
 from torch import nn
 
 from data_aug import SimCLRAugment, to_float
-from defenses.inference import (VERDICTS, Verdict, augmentation_distances, l2_distance_test, noise_ball_sigmas,
-                                noise_ball_test, private_public_test, representations)
-from errors import UserError
+from defenses.inference import (
+    VERDICTS,
+    Verdict,
+    augmentation_distances,
+    l2_distance_test,
+    noise_ball_sigmas,
+    noise_ball_test,
+    private_public_test,
+    representations,
+)
 from models import build_encoder
+from utils import UserError
 
 S = 8  # image size of the toy encoders
 

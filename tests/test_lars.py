@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lars import LARS
+from engine.lars import LARS
 
 
 def test_one_step_by_hand():

@@ -10,9 +10,8 @@ import time
 import pytest
 import torch
 
-from errors import QueryBudgetExceeded
-from ledger import AuthError, Ledger, hash_key, image_hashes
-from utils import UserError
+from service.ledger import AuthError, Ledger, hash_key, image_hashes
+from utils import QueryBudgetExceeded, UserError
 
 
 def test_keys_are_stored_hashed_and_authenticate(tmp_path):

@@ -8,14 +8,13 @@ from torch import nn
 
 import linear_eval
 import linear_eval_sup
-import probe as probe_mod
 from data_aug import ImageSet, get_dataset, split_holdout
-from errors import UserError
+from evaluation import probe as probe_mod
+from evaluation.cli import default_checkpoint, resolve_eval_set, resolve_probe
+from evaluation.probe import assert_unchanged, freeze, linear_probe, load_probe, probe_logits, reference_probe
 from models import build_encoder, load_encoder, save_checkpoint
-from probe import (assert_unchanged, default_checkpoint, fit_probe, freeze, linear_probe, load_probe, probe_logits,
-                   reference_probe, resolve_eval_set, resolve_probe)
-from utils import accuracy
-
+from models.probe import fit_probe
+from utils import UserError, accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 
 import linsimsiam
+from attacks.imagenet import view
 from data_aug import get_dataset, write_image_folder
-from distributed import Dist
-from errors import UserError
-from imagenet import view
+from engine.distributed import Dist
+from evaluation.probe import SGD_INIT_STD, assert_unchanged, fit_downstream, fit_sgd_probe, snapshot
 from models import build_encoder, load_encoder, save_checkpoint, save_simsiam
-from probe import SGD_INIT_STD, assert_unchanged, fit_downstream, fit_probe, fit_sgd_probe, snapshot
+from models.probe import fit_probe
 from tests.conftest import ROOT
-from utils import read_jsonl
+from utils import UserError, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -123,7 +123,8 @@ def test_sgd_probe_separates_blobs_with_the_reference_rules():
 def test_image_size_resizes_each_batch_on_the_device(world, tmp_path):
     """--image-size 24 on 8 px digits: the stolen encoder's features at 24 px, as by hand."""
     rec = linsimsiam.main(["--checkpoint", str(world.stolen), "--modeltype", "stolen", "--dataset", "digits",
-                           "--image-size", "24", "--device", "cpu", "-j", "0", "--results", str(tmp_path / "r.jsonl")])[0]
+                           "--image-size", "24", "--device", "cpu", "-j", "0",
+                           "--results", str(tmp_path / "r.jsonl")])[0]
     assert rec["image_size"] == 24 and rec["native_size"] == 8
     encoder = load_encoder(world.stolen)[0].eval()
     train, test = get_dataset("digits", "train"), get_dataset("digits", "test")

@@ -136,7 +136,7 @@ def lse_softnn(s, v, temperature, eps=1e-9):
     loss = 0.0
     for i in range(2 * n):
         logits = {j: -sum((a - b) ** 2 for a, b in zip(x[i], x[j])) / temperature for j in range(2 * n) if j != i}
-        r = lse([l for j, l in logits.items() if j % n == i % n]) - lse(list(logits.values()))
+        r = lse([v for j, v in logits.items() if j % n == i % n]) - lse(list(logits.values()))
         # log(eps + e^r) = max(a, b) + log1p(e^{-|a - b|}) with a = log eps, b = r
         a, b = math.log(eps), r
         loss -= max(a, b) + math.log1p(math.exp(-abs(a - b)))

@@ -4,8 +4,18 @@ import pytest
 import torch
 import torchvision
 
-from models import (ARCHS, CheckpointError, build_encoder, build_mlp, load_checkpoint, load_encoder,
-                    load_state_dict_strict, save_checkpoint, simclr_head_dims, strip_prefixes)
+from models import (
+    ARCHS,
+    CheckpointError,
+    build_encoder,
+    build_mlp,
+    load_checkpoint,
+    load_encoder,
+    load_state_dict_strict,
+    save_checkpoint,
+    simclr_head_dims,
+    strip_prefixes,
+)
 
 
 @pytest.mark.parametrize("arch,width,dim", [("resnet18", 8, 64), ("resnet34", 4, 32), ("resnet50", 4, 128)])

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-import report
 import utils
-from report_ownership import ownership_claims
+from reports import document, paper_tables
+from reports.ownership import ownership_claims
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import tables  # noqa: E402
@@ -91,7 +91,7 @@ def _records():
 
 def test_ownership_claims_by_hand():
     recs = _records()
-    claims = {c: (v, e) for c, v, e in ownership_claims(recs, report.collect(recs))}
+    claims = {c: (v, e) for c, v, e in ownership_claims(recs, paper_tables.collect(recs))}
     near = next(k for k in claims if "near 50%" in k)
     # independent 49, 50, 51: mean 50, half-width t(0.975, 2) * 1 / sqrt(3) = 2.48 -> inside 45-55
     assert claims[near][0] == "holds" and "50.0 ± 2.5" in claims[near][1]
@@ -109,7 +109,7 @@ def test_ownership_claims_by_hand():
            if r.get("row") == "mse_1000" and "ttest" in r.get("metrics", {}) else r for r in recs]
     bad = [dict(r, metrics={**r["metrics"], "wsr": {"wsr_suspect": 70.0, "n_views": 2000}})
            if r.get("row") == "independent" else r for r in bad]
-    verdicts = {c: v for c, v, _ in ownership_claims(bad, report.collect(bad))}
+    verdicts = {c: v for c, v, _ in ownership_claims(bad, paper_tables.collect(bad))}
     assert verdicts[next(k for k in verdicts if "p < 0.05" in k)] == "does not hold"
     assert verdicts[next(k for k in verdicts if "near 50%" in k)] == "does not hold"
 
@@ -117,7 +117,7 @@ def test_ownership_claims_by_hand():
 def test_report_writes_the_ownership_sections(tmp_path):
     for r in _records():
         utils.append_jsonl(tmp_path / "table4_cpu.jsonl", r)
-    text = report.write_report(tmp_path, tmp_path / "REPORT.md").read_text()
+    text = document.write_report(tmp_path, tmp_path / "REPORT.md").read_text()
     assert "## Ownership verification (Tables 4, 16-20)" in text
     assert "| MSE copy, 1000 | 59.0 ± 2.5 |" in text  # 58, 59, 60 over seeds
     assert "The watermark's cost" in text

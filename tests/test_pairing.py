@@ -90,7 +90,8 @@ def test_reference_pairing_pushes_second_views_away_from_their_own_answers():
 def test_the_loss_table_feeds_pairing_and_views():
     for name in ("infonce", "softnn"):
         spec = SPECS[name]
-        assert spec.hparams({"temperature": 0.1, "temperaturesn": 5.0, "pairing": "reference"})["pairing"] == "reference"
+        assert spec.hparams({"temperature": 0.1, "temperaturesn": 5.0,
+                             "pairing": "reference"})["pairing"] == "reference"
         assert spec.batch_kwargs(2) == {"n_views": 2}
     with pytest.raises(ValueError, match="pairing"):
         infonce(*_rows(), n_views=2, pairing="image")

@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from defenses.pow import (Puzzle, difficulty, digest, expected_hashes, leading_zero_bits, new_puzzle, solve,
-                          verify)
+from defenses.pow import Puzzle, difficulty, digest, expected_hashes, leading_zero_bits, new_puzzle, solve, verify
 
 
 def test_leading_zero_bits_on_hand_built_digests():

@@ -7,10 +7,19 @@ import pytest
 import torch
 from torch import nn
 
+from attacks.pretrain import (
+    PRETRAIN,
+    MoCo,
+    MoCoQueue,
+    build_pretrainer,
+    moco_loss,
+    momentum_update,
+    rotations,
+    simsiam_model,
+    simsiam_step,
+)
 from data_aug import SimCLRAugment, get_dataset
 from models import build_encoder
-from pretrain import (MoCo, MoCoQueue, PRETRAIN, build_pretrainer, momentum_update, moco_loss,
-                      rotations, simsiam_model, simsiam_step)
 from simclr import Precision, epoch_batches, fit
 from utils import get_logger
 
@@ -69,7 +78,7 @@ def test_moco_step_trains_the_query_encoder_only_and_fills_the_queue():
     model = MoCo(build_encoder("resnet18", width=4), dim=16)
     queue = MoCoQueue(16, 40, generator=torch.Generator().manual_seed(1))
     before = queue.keys.clone()
-    from pretrain import moco_step
+    from attacks.pretrain import moco_step
 
     step = moco_step(model, SimCLRAugment(16), queue, momentum=0.9, temperature=0.2)
     key_before = [p.clone() for p in model.key.parameters()]

@@ -20,7 +20,7 @@ import torch
 import run
 import steal
 from data_aug import get_dataset, split_holdout
-from probe import linear_probe
+from evaluation.probe import linear_probe
 from models import build_encoder, load_encoder
 from models.checkpoint import encoder_kwargs
 
@@ -80,9 +80,9 @@ def test_default_detector_flags_augmented_views_and_spares_distinct_images(victi
     """Similar-query detection at its default cpu threshold (cosine 0.9 on head outputs): an
     account's exact repeats are always flagged, the attacker's augmented views (its cpu
     default: crops of at least 80% of the area, colour jitter) mostly, distinct images rarely."""
-    from attack import query_pool, view_augment
+    from attacks.encoder import query_pool, view_augment
     from defenses import build_defenses
-    from victim import build_service, load_victim
+    from service.victim import build_service, load_victim
 
     config = {"defenses": ["detect"], "detect_on": "head", "detect_metric": "cosine", "detect_threshold": None,
               "detect_mu": 1000.0, "sigma": 0.0, "seed": SEED}
@@ -99,7 +99,7 @@ def test_default_detector_flags_augmented_views_and_spares_distinct_images(victi
     print(f"seed {SEED}: flagged distinct {rates[0]:.2f}, augmented views {rates[1]:.2f}, repeats {rates[2]:.2f}")
     # measured on this 30-epoch victim, seeds 0 / 1 / 2: 15 / 10 / 11% of 500 distinct images flagged (mean 12,
     # sd 3) and 70 / 68 / 70% of their augmented views (mean 69, sd 1); the bounds sit 4 sd (distinct) and
-    # about 19 sd (views) away. On the 80-epoch victims (python -m defenses.measure detection): 5.6% and 76%.
+    # about 19 sd (views) away. On the 80-epoch victims (python measure_defenses.py detection): 5.6% and 76%.
     assert rates[2] == 1.0
     assert rates[1] > 0.5 and rates[0] < 0.25 and rates[1] > rates[0] + 0.3
     # the same 50 images from another account: its own history only, so no repeat (the attacker's: 50 of 50)

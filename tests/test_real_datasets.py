@@ -303,5 +303,5 @@ def test_image_folder_subsets_and_holdout_and_a_clear_error_when_too_big(tmp_pat
     assert len(query) == len(ds) - 2 and torch.equal(evaluation.images, exp_images[-2:])
     monkeypatch.setattr(base, "IN_MEMORY_LIMIT", 10)
     with pytest.raises(UserError, match="decoded lazily from image files") as err:
-        ds.subset(range(3)).images
+        _ = ds.subset(range(3)).images
     _one_sentence(err)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_encoder, load_encoder
-from victim import load_victim
+from service.victim import load_victim
 
 
 def _bn(x, sd, name):

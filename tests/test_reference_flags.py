@@ -3,10 +3,10 @@ and the paper-scale defaults that follow the reference (issue: reference parity)
 import pytest
 import torch
 
-import attack
 import run
 import steal
 import stealhead
+from attacks import encoder as attack
 from data_aug import dataset_info
 from models import load_checkpoint
 from utils import UserError

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import report
 import utils
 from data_aug import get_dataset
-from probe import augmented_probe
+from evaluation.probe import augmented_probe
 from models import build_encoder, save_checkpoint
+from reports import document, paper_tables, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import tables  # noqa: E402
@@ -49,19 +49,19 @@ def results_dir(tmp_path):
 
 
 def test_confidence_interval_and_verdicts_by_hand():
-    e = report.estimate([60.0, 61.0, 62.0])  # mean 61, sd 1, t(0.975, 2) = 4.3027
+    e = stats.estimate([60.0, 61.0, 62.0])  # mean 61, sd 1, t(0.975, 2) = 4.3027
     assert e.half_width == pytest.approx(4.3027 / 3 ** 0.5, rel=1e-4) and str(e) == "61.0 ± 2.5"
-    assert str(report.estimate([70.0])) == "70.0" and report.estimate([70.0]).half_width is None
-    far, near = report.estimate([70.0, 71.0, 72.0]), report.estimate([62.0, 63.0, 64.0])
-    assert report.compare(far, e) == "holds" and report.compare(e, far) == "does not hold"
-    assert report.compare(near, e) == "inconclusive"  # 63 +- 2.5 overlaps 61 +- 2.5
-    assert report.compare(report.estimate([70.0]), report.estimate([60.0])) == "inconclusive"  # one seed: no interval
-    assert report.at_least(report.estimate([96.0, 96.5, 97.0]), 95.0) == "holds"
-    assert report.at_least(report.estimate([94.0, 96.0, 98.0]), 95.0) == "inconclusive"
+    assert str(stats.estimate([70.0])) == "70.0" and stats.estimate([70.0]).half_width is None
+    far, near = stats.estimate([70.0, 71.0, 72.0]), stats.estimate([62.0, 63.0, 64.0])
+    assert stats.compare(far, e) == "holds" and stats.compare(e, far) == "does not hold"
+    assert stats.compare(near, e) == "inconclusive"  # 63 +- 2.5 overlaps 61 +- 2.5
+    assert stats.compare(stats.estimate([70.0]), stats.estimate([60.0])) == "inconclusive"  # one seed: no interval
+    assert stats.at_least(stats.estimate([96.0, 96.5, 97.0]), 95.0) == "holds"
+    assert stats.at_least(stats.estimate([94.0, 96.0, 98.0]), 95.0) == "inconclusive"
 
 
 def test_report_tables_claims_and_plots(results_dir):
-    out = report.write_report(results_dir, results_dir / "REPORT.md")
+    out = document.write_report(results_dir, results_dir / "REPORT.md")
     text = out.read_text()
     # mean +- 95% CI over the three seeds, with the paper's value beside it
     assert "| MSE | 62.5 ± 1.2 | 52.5 ± 1.2 | 75.5 / 64.8 / 58.8 |" in text
@@ -84,16 +84,16 @@ def test_report_says_does_not_hold_and_inconclusive(results_dir):
                                                                   70.0 + shift))
         # the victim's margin over raw pixels now within its interval
         utils.append_jsonl(results_dir / "fixture.jsonl", _record("table2", "pixels", "mnistm5k", seed, 44.0 + shift))
-    text = report.write_report(results_dir, results_dir / "R.md").read_text()
-    line = next(l for l in text.splitlines() if l.startswith("| Direct extraction"))
+    text = document.write_report(results_dir, results_dir / "R.md").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("| Direct extraction"))
     assert "**does not hold**" in line
-    line = next(l for l in text.splitlines() if l.startswith("| Benchmark: the victim is a real"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| Benchmark: the victim is a real"))
     assert "**inconclusive**" in line and "raw pixels 44.5 ± 1.2" in line
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(utils.UserError, match="no results files"):
-        report.write_report(tmp_path, tmp_path / "R.md")
+        document.write_report(tmp_path, tmp_path / "R.md")
 
 
 def test_append_is_atomic_and_corrupt_lines_are_reported(tmp_path, monkeypatch):
@@ -152,7 +152,8 @@ def test_tables_skip_finished_probes_and_dry_run_matches_the_paper(tmp_path, cap
     assert tables.reusable_pixels(pixels, tmp_path) is None
     utils.append_jsonl(tmp_path / "table9_cpu.jsonl", {**pixels.tags, "table": "table9", "metrics": {"top1": 36.0}})
     reused = tables.reusable_pixels(pixels, tmp_path)
-    assert reused["table"] == "table2" and reused["metrics"]["top1"] == 36.0 and reused["reused_from"] == "table9_cpu.jsonl"
+    assert (reused["table"] == "table2" and reused["metrics"]["top1"] == 36.0
+            and reused["reused_from"] == "table9_cpu.jsonl")
 
     tables.main(["table2", "--scale", "paper", "--dry-run"])
     out = capsys.readouterr().out.splitlines()
@@ -220,8 +221,8 @@ def test_defense_plan_pairs_a_legitimate_user_with_an_adversary_per_column():
         f"{m} sigma={x}" for m in ("cosine", "l2") for x in (0, 20, 40, 60)}
     assert all("--n-views" in s.argv for s in t12 if s.script == "steal")
     measure = tables.defense_plan("table13", "cpu", [0, 1], None, "r.jsonl")
-    assert [s.script for s in measure] == ["run", "defenses.measure"] * 2
-    assert measure[1].command().startswith("python -m defenses.measure detection")
+    assert [s.script for s in measure] == ["run", "measure_defenses"] * 2
+    assert measure[1].command().startswith("python measure_defenses.py detection")
 
 
 @pytest.mark.parametrize("victim_trained", [True, False])
@@ -252,22 +253,22 @@ def _defense_records():
 
 
 def test_noise_claim_compares_paired_drops_by_hand(tmp_path):
-    from report_defenses import noise_claims
+    from reports.defenses import noise_claims
 
-    data = report.collect(_defense_records())
+    data = paper_tables.collect(_defense_records())
     (claim, verdict, evidence), = noise_claims(data)
     # mean 5.5, half-width t(0.975, 2) * 0.5 / sqrt(3) = 1.24: the interval is above 0
     assert "mean-shifted noise" in claim and verdict == "holds" and "5.5 ± 1.2" in evidence
     recs = [dict(r, metrics={**r["metrics"], "top1": 80.0}) if r.get("row") == "legitimate"
             and r.get("column") == "sigma=0" else r for r in _defense_records()]
-    (_, verdict, _), = noise_claims(report.collect(recs))
+    (_, verdict, _), = noise_claims(paper_tables.collect(recs))
     assert verdict == "does not hold"  # now the legitimate user loses about 21 points, the adversary 7
 
 
 def test_report_writes_the_defense_sections_and_the_tradeoff_plot(tmp_path):
     for r in _defense_records():
         utils.append_jsonl(tmp_path / "table10_cpu.jsonl", r)
-    out = report.write_report(tmp_path, tmp_path / "REPORT.md")
+    out = document.write_report(tmp_path, tmp_path / "REPORT.md")
     text = out.read_text()
     assert "Table 10: Gaussian noise of mean 10" in text and "| sigma=2 | 58.5 ± " in text
     assert "| cosine | head | 0.9 | 5.5 ± 0.5 | 24.0 ± 0.0 |" in text  # fp 5.0, 5.5, 6.0 over seeds

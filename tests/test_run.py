@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from models import load_checkpoint, save_checkpoint, build_encoder
+from models import build_encoder, load_checkpoint, save_checkpoint
 
 TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--epochs", "3",
         "--device", "cpu", "--seed", "1"]
@@ -18,9 +18,9 @@ def test_tiny_training_run_writes_everything(tmp_path, script):
     cfg = yaml.safe_load((logdir / "config.yaml").read_text())
     assert cfg["width"] == 4 and cfg["image_size"] == 8 and cfg["dataset"] == "digits"
     assert cfg["temperature"] == 0.2  # cpu-scale default filled in and recorded
-    lines = [json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2, 3]
-    assert all({"loss", "lr", "seconds", "images_per_s"} <= set(l) for l in lines)
+    lines = [json.loads(ln) for ln in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert all({"loss", "lr", "seconds", "images_per_s"} <= set(r) for r in lines)
     ckpt = load_checkpoint(logdir / "checkpoint.pt")
     assert ckpt["epoch"] == 3 and ckpt["step"] == 3 * (1097 // 64)
     assert ckpt["encoder"]["kwargs"]["arch"] == "resnet18" and ckpt["head"] is not None
@@ -157,16 +157,16 @@ def _tiny_run(tmp_path, losstype, seed, epochs, *extra):
     logdir = tmp_path / f"{losstype}_{seed}"
     ckpt = run.main([*TINY[:-2], "--seed", str(seed), "--epochs", str(epochs), "--losstype", losstype,
                      "--logdir", str(logdir), *extra])
-    return ckpt, [json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()]
+    return ckpt, [json.loads(ln) for ln in (logdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _probe_gain(ckpt, seed):
     """Linear-probe top-1 (digits, 8 px, held-out test images) of the trained encoder less that of
     the same architecture at random initialisation."""
     from data_aug import get_dataset, split_holdout
+    from evaluation.probe import linear_probe
     from models import load_encoder
     from models.checkpoint import encoder_kwargs
-    from probe import linear_probe
 
     train = get_dataset("digits", "train", image_size=8)
     holdout = split_holdout(get_dataset("digits", "test", image_size=8))[1]

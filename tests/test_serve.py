@@ -11,15 +11,14 @@ import time
 
 import pytest
 import torch
+from serving_helpers import post, start_server, tiny_victim_and_accounts
 
 import serve
-from client import HTTPConnection, QueryClient
-from errors import QueryBudgetExceeded
-from ledger import Ledger
-from utils import UserError
-from victim import build_service, load_victim
+from attacks.client import HTTPConnection, QueryClient
+from service.ledger import Ledger
+from service.victim import build_service, load_victim
+from utils import QueryBudgetExceeded, UserError
 
-from serving_helpers import post, start_server, tiny_victim_and_accounts
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -201,7 +200,7 @@ def test_sigkill_mid_load_then_restart_loses_no_answered_query(server, tmp_path)
 
 
 def test_the_batcher_gathers_concurrent_requests_into_one_forward_pass(server):
-    from serving import Batcher
+    from service.http import Batcher
 
     backend = build_service(load_victim(str(server["victim"]))).backend
     batcher = Batcher(backend, max_wait=0.2, max_images=64)  # a long window, so all 8 meet

@@ -6,19 +6,17 @@ import json
 
 import pytest
 import torch
+from serving_helpers import TINY, start_server, tiny_victim_and_accounts
 
 import knockoff
 import legitimate
 import serve
 import steal
 import stealhead
-from client import HTTPConnection, QueryClient
-from errors import QueryBudgetExceeded
-from ledger import Ledger
+from attacks.client import HTTPConnection, QueryClient
 from models import load_checkpoint
-from utils import UserError
-
-from serving_helpers import TINY, start_server, tiny_victim_and_accounts
+from service.ledger import Ledger
+from utils import QueryBudgetExceeded, UserError
 
 ROOMY = ["--max-batch", "256", "--max-body-mb", "4"]  # legitimate.py sends 256 images per call
 
@@ -61,8 +59,8 @@ def test_outputs_follow_head_access(servers):
 def test_stealhead_with_head_access_over_http_equals_in_process(servers, tmp_path, monkeypatch):
     """Its augmented views travel as uint8 (client.wire_images), so the in-process run here sends
     the same rounded views: the service then answers the same images either way."""
-    import victim
-    from client import wire_images
+    from attacks.client import wire_images
+    from service import victim
 
     answer = victim.Connection.answer
     monkeypatch.setattr(victim.Connection, "answer", lambda self, images: answer(self, wire_images(images)))
@@ -146,7 +144,7 @@ def test_the_budget_comes_from_v1_usage_and_a_poor_account_spends_nothing(server
     usage = Ledger(servers["ledger"]).usage("poor")
     assert usage["used"] == 0 and usage["requests"] == 0
     # several accounts: their total is the budget (an unlimited one makes it unlimited)
-    from client import SybilConnection
+    from attacks.client import SybilConnection
 
     both = SybilConnection([poor, HTTPConnection(servers["encoder"], servers["keys"]["poor"])])
     assert both.remaining() == 20
@@ -169,7 +167,7 @@ def test_access_head_over_http_equals_in_process(servers, tmp_path):
 
 def test_serve_builds_a_supervised_victim_as_its_classifier(tmp_path):
     import simclrsup
-    from victim import load_victim
+    from service.victim import load_victim
 
     ckpt = simclrsup.main([*TINY, "--epochs", "1", "--logdir", str(tmp_path / "sup")])
     args = serve.build_parser().parse_args(["--victim-checkpoint", str(ckpt), "--victimtype", "supervised"])

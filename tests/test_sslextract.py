@@ -8,9 +8,8 @@ import torch
 
 import simclrsup
 import sslextract
-from distill import distill_epochs, even_batches, query_indices
-from models import load_checkpoint
-from models import build_encoder
+from attacks.distill import distill_epochs, even_batches, query_indices
+from models import build_encoder, load_checkpoint
 from utils import UserError, read_jsonl
 
 TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "--device", "cpu"]
@@ -161,7 +160,7 @@ def test_table_plan_shares_pretraining_across_fractions_and_resumes(tmp_path):
 
 
 def test_report_states_the_studys_claim_with_numbers(tmp_path):
-    import report
+    from reports import document
     from utils import append_jsonl
 
     top1 = {"none": [10.0, 12.0, 11.0], "moco": [30.0, 26.0, 29.0], "rotation": [11.0, 12.5, 10.0]}
@@ -174,7 +173,7 @@ def test_report_states_the_studys_claim_with_numbers(tmp_path):
                     "victim_output": "probabilities", "n_test": 1000, "victim": {"top1": 94.0, "top5": 99.0},
                     "metrics": {"top1": v + bump - (v - 11.0 if fraction == 1.0 else 0.0), "top5": v + 20,
                                 "agreement": v}})
-    out = report.write_report(tmp_path, tmp_path / "REPORT.md")
+    out = document.write_report(tmp_path, tmp_path / "REPORT.md")
     text = out.read_text()
     # MoCo: paired gaps 20, 14, 18 -> mean 17.3, CI above 0: holds; rotation: gaps 1, 0.5, -1: inconclusive
     moco = next(line for line in text.splitlines() if "MoCo v2 pre-training beats no pre-training at the 1%" in line)
@@ -190,9 +189,8 @@ def test_report_states_the_studys_claim_with_numbers(tmp_path):
 @pytest.mark.parametrize("output", ["top5", "probabilities"])
 def test_knockoff_takes_every_output_of_the_victim(victim, tmp_path, output, monkeypatch):
     """extract.py / knockoff.py: the new outputs train through the same distillation loss."""
-    import distill
     import extract
-    import extraction
+    from attacks import distill, extraction
 
     seen = []
     real = distill.distillation_loss

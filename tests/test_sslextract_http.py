@@ -4,16 +4,14 @@ the distillation and the measurement of the victim are paid for before the first
 account that cannot cover them spends nothing; the owner's flags are refused with one sentence."""
 import pytest
 import torch
+from serving_helpers import start_server
 
 import serve
 import simclrsup
 import sslextract
-from errors import QueryBudgetExceeded
-from ledger import Ledger
 from models import load_checkpoint
-from utils import UserError, read_jsonl
-
-from serving_helpers import start_server
+from service.ledger import Ledger
+from utils import QueryBudgetExceeded, UserError, read_jsonl
 
 TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "--device", "cpu"]
 ATTACK = ["--pretrain-batch-size", "64", "-b", "32", "--max-epochs", "2", "--pool-epochs", "2", "--holdout", "100"]

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-import attack
 import run
 import steal
 import stealhead
+from attacks import encoder as attack
 from models import load_checkpoint, load_encoder
 from utils import UserError
 
@@ -211,7 +211,7 @@ def test_local_augmentation_default_follows_the_scale_and_the_views():
 
 
 def test_fgsm_step_is_eps_sign_of_the_gradient_and_raises_the_loss():
-    import extraction as knockoff
+    from attacks import extraction as knockoff
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

@@ -12,10 +12,9 @@ import torch
 
 import stealsimsiam
 from data_aug import get_dataset, write_image_folder
-from errors import UserError
 from models import build_encoder, load_checkpoint, load_encoder, save_simsiam
 from tests.conftest import ROOT
-from utils import read_jsonl
+from utils import UserError, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -49,7 +48,8 @@ def _args(world, logdir, *extra):
 def _torchrun(args, env=None, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(ROOT / "stealsimsiam.py"), *args]
-    full = {**{k: v for k, v in os.environ.items() if k != "SSLSTEAL_KILL_AT_STEP"}, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    full = {**{k: v for k, v in os.environ.items() if k != "SSLSTEAL_KILL_AT_STEP"}, "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=180)
 
 
@@ -137,7 +137,7 @@ def test_clear_errors(world, tmp_path):
 def test_reference_world_size_and_rank_flags_start_the_same_job(world, tmp_path):
     """The reference's multi-machine flags (--world-size 2 --rank R --dist-url tcp://...) without torchrun:
     two processes meet at the URL and run one job (here both on this machine, gloo)."""
-    from distributed import _free_port
+    from engine.distributed import _free_port
 
     url = f"tcp://127.0.0.1:{_free_port()}"
     env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},

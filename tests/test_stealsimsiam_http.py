@@ -13,16 +13,15 @@ import json
 
 import pytest
 import torch
+from serving_helpers import start_server
 
 import serve
 import stealsimsiam
 from data_aug import get_dataset, write_image_folder
-from errors import QueryBudgetExceeded, UserError
-from ledger import Ledger
 from models import build_encoder, load_checkpoint, save_simsiam
+from service.ledger import Ledger
 from tests.test_stealsimsiam import BATCH, EPOCHS, IMAGENET_MEAN, IMAGENET_STD, N_QUERIES, _torchrun
-
-from serving_helpers import start_server
+from utils import QueryBudgetExceeded, UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +56,7 @@ def _http(served, account):
 
 
 def test_the_card_carries_what_stealsimsiam_needs(served):
-    from client import HTTPConnection
+    from attacks.client import HTTPConnection
 
     card = HTTPConnection(served["url"], served["keys"]["thief"]).info
     assert card["dataset"] == "imagenet" and card["input_size"] == 16 and card["out_dim"] == 32

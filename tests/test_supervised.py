@@ -7,18 +7,20 @@ import pytest
 import torch
 import yaml
 
-import attack
 import extract
-import extraction
 import knockoff
 import run
 import simclrsup
 import steal
 import steallabels
+from attacks import encoder as attack
+from attacks import extraction
 from data_aug import get_dataset, split_holdout, to_float
 from models import load_checkpoint, load_encoder
+from service import classifier as service_classifier
+from service.classifier import victim_classifier
+from service.victim import load_victim
 from utils import UserError
-from victim import load_victim
 
 TINY = ["--dataset", "digits", "--width", "4", "--image-size", "8", "-b", "64", "--device", "cpu"]
 
@@ -71,7 +73,7 @@ def test_supervised_victim_learns_and_writes_a_victim_checkpoint(supervised_vict
 
 def test_supervised_victim_default_run_directory():
     args = simclrsup.build_parser().parse_args(["--dataset", "digits"])
-    from utils import resolve_scale, victim_run_dir
+    from engine.presets import resolve_scale, victim_run_dir
     config = resolve_scale(args, simclrsup.PRESETS)
     assert str(victim_run_dir("digits", 0, config["arch"], config["width"], kind="supervised")).startswith(
         "runs/supervised_digits_resnet18_w8")
@@ -103,13 +105,13 @@ def test_supervised_checkpoint_loads_as_a_victim_and_steal_py_steals_it(supervis
 
 def test_victim_classifier_of_a_supervised_victim_is_its_own(supervised_victim, holdout):
     loaded = load_victim(str(supervised_victim))
-    clf, described = extraction.victim_classifier(loaded, "supervised", num_classes=10)
+    clf, described = victim_classifier(loaded, "supervised", num_classes=10)
     assert "own classifier" in described
     with torch.no_grad():
         pred = clf(to_float(holdout.images)).argmax(1)
     assert torch.equal(pred, _own_predictions(supervised_victim, holdout.images))
     # the service built on it answers exactly those labels
-    from victim import ClassifierBackend, VictimService
+    from service.victim import ClassifierBackend, VictimService
     service = VictimService(ClassifierBackend(clf, 10), answers="labels")
     answers = service.connect("attacker").answer(holdout.images[:50])
     assert torch.equal(answers.argmax(1), pred[:50])
@@ -119,7 +121,7 @@ def test_steallabels_supervised_steals_the_victims_own_classifier(supervised_vic
     def no_probe(*args, **kwargs):
         raise AssertionError("a probe was fitted for a supervised victim")
 
-    monkeypatch.setattr(extraction, "train_probe", no_probe)
+    monkeypatch.setattr(service_classifier, "train_probe", no_probe)
     results = steallabels.main(["--victimtype", "supervised", "--victim-checkpoint", str(supervised_victim),
                                 "--num_queries", "64", "-b", "32", "--epochs", "2", "--fgsm-eps", "0.03",
                                 "--device", "cpu", "--logdir", str(tmp_path / "k")])

@@ -9,13 +9,13 @@ import torch
 
 import run
 import steal
-import sybil
-from client import QueryClient, SybilConnection
+from attacks import connect, sybil
+from attacks.client import QueryClient, SybilConnection
 from defenses.detect import SimilarQueryDetection
 from defenses.pow_gate import ProofOfWork
-from errors import UserError
 from models import load_checkpoint, load_encoder
-from victim import VictimService
+from service.victim import VictimService
+from utils import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -117,8 +117,8 @@ def _steal(victim, logdir, *extra):
 
 def test_steal_through_several_accounts_records_each_accounts_share(tiny_victim, tmp_path, monkeypatch, one_thread):
     services = []
-    build = steal.service_from_config
-    monkeypatch.setattr(steal, "service_from_config",
+    build = connect.service_from_config  # the owner's side, where open_victim builds it
+    monkeypatch.setattr(connect, "service_from_config",
                         lambda *a, **kw: services.append(build(*a, **kw)) or services[-1])
     _steal(tiny_victim, tmp_path / "k3", "--accounts", "3")
     stats = json.loads((tmp_path / "k3" / "accounts.json").read_text())
@@ -186,7 +186,7 @@ def _records():
 
 
 def test_report_section_and_claims(tmp_path):
-    from report_defenses import sybil_claims, sybil_lines
+    from reports.defenses import sybil_claims, sybil_lines
 
     lines = sybil_lines(_records(), tmp_path)
     assert (tmp_path / "sybil_cpu.png").is_file()

@@ -3,8 +3,8 @@ reference's hand conversion of the two-sided p value to one-sided ones."""
 import pytest
 from scipy import stats
 
-from errors import UserError
 from statistical_tests.t_test import ttest
+from utils import UserError
 
 A = [2.1, 2.5, 1.9, 2.8, 2.2, 2.6]
 B = [1.2, 1.9, 1.4, 1.1, 1.8, 1.5]

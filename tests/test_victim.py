@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from client import QueryClient
+from attacks.client import QueryClient
 from defenses.base import Defense
-from errors import QueryBudgetExceeded
 from models import build_encoder, build_mlp
-from victim import EncoderBackend, VictimService
+from service.victim import EncoderBackend, VictimService
+from utils import QueryBudgetExceeded
 
 
 class CountingBackend:
@@ -65,7 +65,7 @@ def test_forward_pass_runs_once_per_query_across_epochs(tmp_path):
         assert torch.equal(again, first)
         v.end_epoch(epoch)
     assert backend.calls == 1 and backend.images == 8 and v.queries_used == 8
-    log = [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()]
+    log = [json.loads(ln) for ln in (tmp_path / "queries.jsonl").read_text().splitlines()]
     assert [r["new_queries"] for r in log] == [8, 0, 0, 0, 0]
     assert [r["cache_hits"] for r in log] == [0, 8, 8, 8, 8]
     assert log[0]["new_keys"] == list(range(8))
@@ -167,7 +167,7 @@ def test_encoder_backend_answers_without_gradient_and_with_head():
     loss.backward()
     assert stolen.weight.grad is not None
     assert all(p.grad is None for p in enc.parameters())
-    from errors import UserError
+    from utils import UserError
 
     with pytest.raises(UserError, match="cannot answer 'head'"):
         VictimService(EncoderBackend(enc), answers="head")

@@ -14,8 +14,16 @@ import steal
 import watermark
 from data_aug import rotate
 from defenses.ownership import private_public_images
-from defenses.watermark import (build_predictor, load_predictor, ownership_test, predictor_correct, retrained_wsr,
-                                rotated_features, watermark_views, with_watermark)
+from defenses.watermark import (
+    build_predictor,
+    load_predictor,
+    ownership_test,
+    predictor_correct,
+    retrained_wsr,
+    rotated_features,
+    watermark_views,
+    with_watermark,
+)
 from models import load_checkpoint, load_encoder
 from utils import UserError
 
@@ -117,7 +125,7 @@ def test_watermarked_victim_trains_its_predictor_and_carries_the_watermark(wm_vi
     wsr = 100 * predictor_correct(load_predictor(ckpt), feats, labels).mean().item()
     assert wsr > 62.0  # measured 72-78 over seeds; chance is 50
     # the service never holds the predictor: it answers representations or projection-head outputs only
-    from victim import build_service, load_victim
+    from service.victim import build_service, load_victim
 
     service = build_service(load_victim(str(ckpt_path)))
     assert set(service.backend.out_dims) == {"representation", "head", "representation+head"}
@@ -226,7 +234,7 @@ def test_query_augmentation_rotation_changes_the_queries_not_their_count(wm_vict
 
 
 def test_query_views_of_each_augmentation():
-    import attack
+    from attacks import encoder as attack
     from data_aug import ImageSet, SimCLRAugment, to_float
 
     images = ImageSet(torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8), torch.zeros(6, dtype=torch.long))

@@ -9,11 +9,10 @@ method of a seed steals the same victim).
 """
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from report import FAILS, HOLDS, INCONCLUSIVE, Estimate, _save_plot, estimate
+from reports.stats import Estimate, estimate, mean_sd, save_plot, sign_verdict
 
 STUDY_TABLES = ("sslextract",)
 METHODS = ("none", "rotation", "moco", "simsiam")
@@ -29,15 +28,13 @@ def study_records(records: list[dict]) -> dict:
     return out
 
 
+def _values(seeds: dict, key: str) -> list[float]:
+    """One metric of a cell's records, one value per seed."""
+    return [r["metrics"][key] for r in seeds.values()]
+
+
 def _est(seeds: dict, key: str) -> Estimate | None:
-    return estimate([r["metrics"][key] for r in seeds.values()])
-
-
-def _mean_sd(e: Estimate | None) -> str:
-    """``mean ± std (n)``: the issue's form, beside the report's 95% intervals."""
-    if e is None:
-        return "-"
-    return f"{e.mean:.1f} ± {statistics.stdev(e.values):.1f}" if e.n > 1 else f"{e.mean:.1f}"
+    return estimate(_values(seeds, key))
 
 
 def paired_gap(cells: dict, a: str, b: str, fraction: float) -> Estimate | None:
@@ -55,12 +52,6 @@ def _shrink(cells: dict, low: float, high: float) -> Estimate | None:
     return estimate([(ml - nl) - (mh - nh) for ml, mh, nl, nh in ((t[0], t[1], t[2], t[3]) for t in top1)])
 
 
-def _verdict(gap: Estimate | None) -> str:
-    if gap is None or gap.n < 2:
-        return INCONCLUSIVE
-    return HOLDS if gap.low > 0 else FAILS if gap.high < 0 else INCONCLUSIVE
-
-
 def study_claims(records: list[dict], scale: str = "cpu") -> list[tuple[str, str, str]]:
     cells = study_records(records).get(scale)
     if not cells or "none" not in cells:
@@ -74,15 +65,16 @@ def study_claims(records: list[dict], scale: str = "cpu") -> list[tuple[str, str
             continue
         gap = paired_gap(cells, method, "none", low)
         out.append((f"Classifier extraction: {NAMES[method]} pre-training beats no pre-training at the "
-                    f"{100 * low:g}% query fraction{headline}", _verdict(gap),
+                    f"{100 * low:g}% query fraction{headline}", sign_verdict(gap),
                     f"top-1 mean ± std over {gap.n if gap else 0} seeds: {NAMES[method]} "
-                    f"{_mean_sd(_est(cells[method][low], 'top1'))}, none {_mean_sd(base)}; paired gap {gap}"))
+                    f"{mean_sd(_values(cells[method][low], 'top1'))}, "
+                    f"none {mean_sd(base.values if base else ())}; paired gap {gap}"))
     high = max(f for m in cells.values() for f in m)
     if high > low and "moco" in cells and high in cells["moco"] and high in cells["none"]:
         at_low, at_high = paired_gap(cells, "moco", "none", low), paired_gap(cells, "moco", "none", high)
         shrink = _shrink(cells, low, high)
         out.append((f"Classifier extraction: the gain of MoCo pre-training shrinks when {100 * high:g}% of the pool "
-                    f"is queried (the study: +31.2 points at 1%, +0.7 at 100%)", _verdict(shrink),
+                    f"is queried (the study: +31.2 points at 1%, +0.7 at 100%)", sign_verdict(shrink),
                     f"paired top-1 gap MoCo − none: {at_low} at {100 * low:g}%, {at_high} at {100 * high:g}%; "
                     f"the gap's drop, paired by seed: {shrink}"))
     return out
@@ -103,7 +95,7 @@ def plot_study(cells: dict, path: Path, title: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
 
-    _save_plot(path, draw)
+    save_plot(path, draw)
 
 
 def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]:
@@ -142,13 +134,13 @@ def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]
             lines.append(f"| {100 * f:g}% | {', '.join(map(str, queries))} | " + " | ".join(row) + " | "
                          + " ; ".join(f"{p[0]:.1f}/{p[1]:.1f}" if p else "-" for p in paper_cells) + " |")
         low = fractions[0]
-        verdicts = [f"{_verdict(paired_gap(cells, m, 'none', low))} for {NAMES[m]} "
+        verdicts = [f"{sign_verdict(paired_gap(cells, m, 'none', low))} for {NAMES[m]} "
                     f"({paired_gap(cells, m, 'none', low)} points, paired by seed)"
                     for m in METHODS[1:] if m in cells and low in cells[m]]
         if "none" in cells and verdicts:
             lines += ["", f"The study's main claim, self-supervised pre-training beats none at {100 * low:g}% of the "
                       f"pool: **{'; '.join(verdicts)}**."]
         lines += ["", "Top-1 mean ± std over seeds (the form the issue asks for): " + "; ".join(
-            f"{NAMES[m]} at {100 * f:g}%: {_mean_sd(_est(cells[m][f], 'top1'))}"
+            f"{NAMES[m]} at {100 * f:g}%: {mean_sd(_values(cells[m][f], 'top1'))}"
             for m in METHODS if m in cells for f in fractions if f in cells[m]) + "."]
     return lines

@@ -22,96 +22,17 @@ required (the body carries ``"puzzle": {"challenge", "bits"}``; the client solve
 the batch again with ``"proof": {"challenge", "nonce"}``).
 """
 
-import base64
-import binascii
-import io
 import json
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 
-from errors import ProofRequired, QueryBudgetExceeded, UserError
-from ledger import AuthError, Ledger, image_hashes
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may carry."""
-    max_body_bytes: int = 32 * 2 ** 20
-    max_batch: int = 256
-
-
-class RequestError(Exception):
-    """A refused request: its HTTP status and one sentence."""
-
-    def __init__(self, status: int, message: str, **extra):
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
-
-
-def encode_array(x: torch.Tensor) -> dict:
-    """The wire form of a tensor: shape, dtype and base64 of its raw bytes (little-endian)."""
-    arr = x.detach().cpu().contiguous().numpy()
-    return {"shape": list(arr.shape), "dtype": str(arr.dtype), "data": base64.b64encode(arr.tobytes()).decode()}
-
-
-def decode_array(payload: dict, dtype: str) -> torch.Tensor:
-    try:
-        raw = base64.b64decode(payload["data"], validate=True)
-        shape = [int(s) for s in payload["shape"]]
-    except (KeyError, TypeError, ValueError, binascii.Error) as err:
-        raise RequestError(400, f"the body needs 'shape' (a list of ints) and 'data' (base64): {err}") from None
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(raw) != expected:
-        raise RequestError(422, f"'data' holds {len(raw)} bytes but shape {shape} of {dtype} needs {expected}")
-    return torch.from_numpy(np.frombuffer(raw, dtype=dtype).reshape(shape).copy())
-
-
-def decode_images(body: dict, size: int, limits: Limits) -> torch.Tensor:
-    """The ``B x 3 x size x size`` uint8 batch of a request body, or a :class:`RequestError`."""
-    fmt = body.get("format", "uint8")
-    if fmt == "uint8":
-        if body.get("dtype", "uint8") != "uint8":
-            raise RequestError(422, f"images must be uint8, got {body.get('dtype')!r}")
-        shape = body.get("shape")
-        if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[0], int) and shape[0] > limits.max_batch:
-            raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {shape[0]}")
-        images = decode_array(body, "uint8")
-    elif fmt == "png":
-        from PIL import Image
-
-        items = body.get("images")
-        if not isinstance(items, list) or not items:
-            raise RequestError(400, "format 'png' needs 'images': a non-empty list of base64 PNG files")
-        if len(items) > limits.max_batch:
-            raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {len(items)}")
-        decoded = []
-        for i, item in enumerate(items):
-            try:
-                img = Image.open(io.BytesIO(base64.b64decode(item, validate=True)))
-            except (binascii.Error, ValueError, OSError, TypeError) as err:
-                raise RequestError(400, f"image {i} is not a base64 PNG: {err}") from None
-            if img.format != "PNG":
-                raise RequestError(422, f"image {i} is {img.format}, not PNG")
-            if img.size != (size, size):  # read from the header: nothing is decompressed yet
-                raise RequestError(422, f"image {i} is {img.size[0]}x{img.size[1]}; this service takes "
-                                        f"{size}x{size} images")
-            decoded.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
-        images = torch.stack(decoded)
-    else:
-        raise RequestError(400, f"unknown format {fmt!r}: use 'uint8' or 'png'")
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
-        raise RequestError(422, f"images must be B x 3 x {size} x {size}, got {list(images.shape)}")
-    if images.shape[0] < 1:
-        raise RequestError(422, "the batch is empty")
-    if images.shape[0] > limits.max_batch:
-        raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {images.shape[0]}")
-    return images
+from service.ledger import AuthError, Ledger, image_hashes
+from service.wire import Limits, RequestError, decode_images, encode_array
+from utils import ProofRequired, QueryBudgetExceeded, UserError
 
 
 class Batcher:
@@ -177,9 +98,9 @@ class Gateway:
     """The HTTP-independent part of the server: authenticate, validate, answer, record. The
     FastAPI app (:func:`build_app`) only moves bytes in and out of it."""
 
-    def __init__(self, service, ledger: Ledger, limits: Limits = Limits(), *, batching: bool = True,
+    def __init__(self, service, ledger: Ledger, limits: Optional[Limits] = None, *, batching: bool = True,
                  batch_wait: float = 0.0):
-        self.service, self.ledger, self.limits = service, ledger, limits
+        self.service, self.ledger, self.limits = service, ledger, limits or Limits()
         self.size = int(service.info().get("input_size") or 0)
         self.batcher = Batcher(service.backend, enabled=batching, max_wait=batch_wait,
                                max_images=max(limits.max_batch, 256))
@@ -289,7 +210,8 @@ class Gateway:
                 for defense, (scalars, _) in self._snapshot(account.name).items():
                     self.ledger.save_state(account.name, defense, scalars)  # the puzzle outlives a restart
                 raise RequestError(428, "proof of work required: send the batch again with 'proof'",
-                                   puzzle={"challenge": request.puzzle.challenge, "bits": request.puzzle.bits})
+                                   puzzle={"challenge": request.puzzle.challenge,
+                                           "bits": request.puzzle.bits}) from None
             except UserError as err:  # a wrong or stale proof
                 raise RequestError(403, f"proof of work refused: {err}") from None
         outputs = self.batcher.submit(x)  # gathered with other requests into one forward pass

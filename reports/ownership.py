@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from report import FAILS, HOLDS, INCONCLUSIVE, Estimate, _save_plot, compare, estimate
+from reports.stats import FAILS, HOLDS, INCONCLUSIVE, Estimate, compare, estimate, save_plot
 
 OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
 ROWS = {"victim": "watermarked victim (itself)", "independent": "independent encoder", "random": "random init",
@@ -175,7 +175,7 @@ def plot_wsr(rows: dict, path: Path, title: str) -> None:
         ax.set_title(title)
         ax.legend(fontsize=8)
 
-    _save_plot(path, draw)
+    save_plot(path, draw)
 
 
 def ownership_sections(records: list[dict], data: dict, paper: dict, out_dir: Path) -> list[str]:
@@ -183,85 +183,125 @@ def ownership_sections(records: list[dict], data: dict, paper: dict, out_dir: Pa
     lines: list[str] = []
     if not own:
         return lines
-    lines += ["", "## Ownership verification (Tables 4, 16-20)", "",
-              "Mean ± 95% confidence interval over seeds; each seed has its own watermarked victim "
-              "(`run.py --watermark True`), its independent encoder (the plain victim of the next seed) and its "
-              "own copies; p values are listed per seed (seed 0 / 1 / 2), each from one t-test over the images "
-              "of that seed. WSR uses the victim's training images, each rotated once into each half-turn "
-              "(2 views per image). Verdicts at alpha = 0.05, counted over seeds. At `cpu` scale the victim is "
-              "the width-8 ResNet18 on `mnistm5k` (3,000 training images), the out-of-distribution queries "
-              "are `patches`, and query counts are 300-3,000 instead of 10K-70K."]
+    lines += _intro()
     for (table, scale), rows in sorted(own.items(), key=lambda kv: (OWNERSHIP_TABLES.index(kv[0][0]), kv[0][1])):
         ref = paper.get(table, {})
         order = _row_order(rows)
         n_seeds = max(len(s) for s in rows.values())
         lines += ["", f"### {ref.get('title', table)} — ours at `{scale}` scale", "", f"{n_seeds} seed(s).", ""]
         if table in ("table4", "table16", "table17"):
-            lines += ["| suspect | WSR, owner's predictor (%) | WSR, retrained predictor (%) | Δμ vs independent "
-                      "| p per seed | verdicts | paper |", "|---|---|---|---|---|---|---|"]
-            for row in order:
-                seeds = rows[row]
-                paper_cell = "-"
-                loss, _, rest = row.partition("_")
-                if table == "table16" and rest.isdigit():
-                    value = ref.get("wsr", {}).get(loss, {}).get(int(rest))
-                    paper_cell = f"{value}" if value is not None else "-"
-                elif table == "table17":
-                    value = ref.get("wsr", {}).get(loss, {}).get(rest)
-                    paper_cell = f"{value}" if value is not None else "-"
-                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'wsr', 'wsr_suspect'))} | "
-                             f"{_fmt(_est(seeds, 'retrained', 'wsr_suspect'))} | "
-                             f"{_fmt(_est(seeds, 'ttest', 'delta_mu'), 3)} | {_ps(seeds, 'ttest')} | "
-                             f"{_verdicts(seeds, 'ttest')} | {paper_cell} |")
+            lines += _wsr_table(table, rows, order, ref)
             if table == "table4":
-                lines += ["", "Paper (Δμ, p, t): " + "; ".join(f"{k}: {v[0]}, {v[1]:.2g}, {v[2]}"
-                                                              for k, v in ref.get("rows", {}).items())
-                          + ". Its independent encoder scores about 50%."]
-                probes = data.get(("table4", scale), {})
-                if probes.get("victim_plain") and probes.get("victim_watermarked"):
-                    column = next(iter(probes["victim_plain"]))
-                    lines += ["", f"The watermark's cost: linear-probe top-1 on {column}, plain victim "
-                              f"{estimate(probes['victim_plain'][column].values())} vs watermarked victim "
-                              f"{estimate(probes['victim_watermarked'].get(column, {}).values())} (same seeds)."]
+                lines += _table4_notes(ref, data.get(("table4", scale), {}))
             if table == "table16":
-                png = out_dir / f"{table}_{scale}_wsr.png"
-                plot_wsr(rows, png, f"{table} ({scale}): WSR of copies by queries (95% CI)")
-                lines += ["", f"![WSR by queries]({png.name})", "",
-                          "Paper (MSE / SoftNN / InfoNCE, SVHN queries): " + "; ".join(
-                              f"{n // 1000}K {ref['wsr']['mse'][n]}/{ref['wsr']['softnn'][n]}/{ref['wsr']['infonce'][n]}"
-                              for n in sorted(ref.get("wsr", {}).get("mse", {})))]
+                lines += _table16_plot(rows, ref, out_dir / f"{table}_{scale}_wsr.png", f"{table} ({scale})")
         elif table == "table18":
-            lines += ["| suspect | mean l2 to the victim | independent's | random's | p per seed | verdicts | paper |",
-                      "|---|---|---|---|---|---|---|"]
-            for row in order:
-                seeds = rows[row]
-                key = row if row != "random" else "random"
-                paper_cell = ref.get("distance", {}).get(key, "-")
-                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'l2', 'mean_d_suspect'), 2)} | "
-                             f"{_fmt(_est(seeds, 'l2', 'mean_d_independent'), 2)} | "
-                             f"{_fmt(_est(seeds, 'l2', 'mean_d_random'), 2)} | {_ps(seeds, 'l2')} | "
-                             f"{_verdicts(seeds, 'l2')} | {paper_cell} |")
-            lines += ["", "The paper's rows are 9K and 50K CIFAR10 queries; ours are the copies of Table 4."]
+            lines += _distance_table(rows, order, ref)
         elif table == "table19":
-            lines += ["| suspect | μσ suspect | μσ victim | μσ random | p1 per seed | p2 per seed | verdicts |",
-                      "|---|---|---|---|---|---|---|"]
-            for row in order:
-                seeds = rows[row]
-                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'noise_ball', 'mu_sigma_suspect'), 4)} | "
-                             f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_victim'), 4)} | "
-                             f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_unrelated'), 4)} | "
-                             f"{_ps(seeds, 'noise_ball', 'p1')} | {_ps(seeds, 'noise_ball', 'p2')} | "
-                             f"{_verdicts(seeds, 'noise_ball')} |")
-            lines += ["", f"Paper: μσ victim {ref.get('victim')}, random {ref.get('random')} (p2 {ref.get('p2')}); "
-                      "stolen (μσ, p1): " + "; ".join(f"{k} {v[0]}, {v[1]}" for k, v in ref.get("stolen", {}).items())]
+            lines += _noise_ball_table(rows, order, ref)
         elif table == "table20":
-            lines += ["| suspect | Δμ (public − private) | p per seed | victim's own Δμ | victim's p per seed "
-                      "| verdicts |", "|---|---|---|---|---|---|"]
-            for row in order:
-                seeds = rows[row]
-                lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'private_public', 'delta_mu'), 4)} | "
-                             f"{_ps(seeds, 'private_public')} | "
-                             f"{_fmt(_est(seeds, 'private_public', 'delta_mu_victim'), 4)} | "
-                             f"{_ps(seeds, 'private_public', 'p_victim')} | {_verdicts(seeds, 'private_public')} |")
-            lines += ["", "Paper (Δμ, p): " + "; ".join(f"{k}: {v[0]}, {v[1]:.2g}" for k, v in ref.get("rows", {}).items())]
+            lines += _dataset_inference_table(rows, order, ref)
     return lines
+
+
+def _intro() -> list[str]:
+    """The section's heading and how to read its tables."""
+    return ["", "## Ownership verification (Tables 4, 16-20)", "",
+            "Mean ± 95% confidence interval over seeds; each seed has its own watermarked victim "
+            "(`run.py --watermark True`), its independent encoder (the plain victim of the next seed) and its "
+            "own copies; p values are listed per seed (seed 0 / 1 / 2), each from one t-test over the images "
+            "of that seed. WSR uses the victim's training images, each rotated once into each half-turn "
+            "(2 views per image). Verdicts at alpha = 0.05, counted over seeds. At `cpu` scale the victim is "
+            "the width-8 ResNet18 on `mnistm5k` (3,000 training images), the out-of-distribution queries "
+            "are `patches`, and query counts are 300-3,000 instead of 10K-70K."]
+
+
+def _paper_wsr(table: str, row: str, ref: dict) -> str:
+    """The paper's WSR for a copy's row: Table 16 by query count, Table 17 by query variant; else "-"."""
+    loss, _, rest = row.partition("_")
+    if table == "table16" and rest.isdigit():
+        value = ref.get("wsr", {}).get(loss, {}).get(int(rest))
+        return f"{value}" if value is not None else "-"
+    if table == "table17":
+        value = ref.get("wsr", {}).get(loss, {}).get(rest)
+        return f"{value}" if value is not None else "-"
+    return "-"
+
+
+def _wsr_table(table: str, rows: dict, order: list[str], ref: dict) -> list[str]:
+    """Tables 4, 16 and 17: the watermark success rate of each suspect and the t-test against the independent."""
+    lines = ["| suspect | WSR, owner's predictor (%) | WSR, retrained predictor (%) | Δμ vs independent "
+             "| p per seed | verdicts | paper |", "|---|---|---|---|---|---|---|"]
+    for row in order:
+        seeds = rows[row]
+        lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'wsr', 'wsr_suspect'))} | "
+                     f"{_fmt(_est(seeds, 'retrained', 'wsr_suspect'))} | "
+                     f"{_fmt(_est(seeds, 'ttest', 'delta_mu'), 3)} | {_ps(seeds, 'ttest')} | "
+                     f"{_verdicts(seeds, 'ttest')} | {_paper_wsr(table, row, ref)} |")
+    return lines
+
+
+def _table4_notes(ref: dict, probes: dict) -> list[str]:
+    """Under Table 4: the paper's rows, and the watermark's cost in the victims' probe accuracy."""
+    lines = ["", "Paper (Δμ, p, t): " + "; ".join(f"{k}: {v[0]}, {v[1]:.2g}, {v[2]}"
+                                                  for k, v in ref.get("rows", {}).items())
+             + ". Its independent encoder scores about 50%."]
+    if probes.get("victim_plain") and probes.get("victim_watermarked"):
+        column = next(iter(probes["victim_plain"]))
+        lines += ["", f"The watermark's cost: linear-probe top-1 on {column}, plain victim "
+                  f"{estimate(probes['victim_plain'][column].values())} vs watermarked victim "
+                  f"{estimate(probes['victim_watermarked'].get(column, {}).values())} (same seeds)."]
+    return lines
+
+
+def _table16_plot(rows: dict, ref: dict, png: Path, name: str) -> list[str]:
+    """Under Table 16: the plot of WSR by queries (written to ``png``) and the paper's numbers."""
+    plot_wsr(rows, png, f"{name}: WSR of copies by queries (95% CI)")
+    paper_wsr = ref.get("wsr", {})
+    return ["", f"![WSR by queries]({png.name})", "",
+            "Paper (MSE / SoftNN / InfoNCE, SVHN queries): " + "; ".join(
+                f"{n // 1000}K {paper_wsr['mse'][n]}/{paper_wsr['softnn'][n]}/{paper_wsr['infonce'][n]}"
+                for n in sorted(paper_wsr.get("mse", {})))]
+
+
+def _distance_table(rows: dict, order: list[str], ref: dict) -> list[str]:
+    """Table 18: mean l2 distance of each suspect's representations to the victim's."""
+    lines = ["| suspect | mean l2 to the victim | independent's | random's | p per seed | verdicts | paper |",
+             "|---|---|---|---|---|---|---|"]
+    for row in order:
+        seeds = rows[row]
+        paper_cell = ref.get("distance", {}).get(row, "-")
+        lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'l2', 'mean_d_suspect'), 2)} | "
+                     f"{_fmt(_est(seeds, 'l2', 'mean_d_independent'), 2)} | "
+                     f"{_fmt(_est(seeds, 'l2', 'mean_d_random'), 2)} | {_ps(seeds, 'l2')} | "
+                     f"{_verdicts(seeds, 'l2')} | {paper_cell} |")
+    return lines + ["", "The paper's rows are 9K and 50K CIFAR10 queries; ours are the copies of Table 4."]
+
+
+def _noise_ball_table(rows: dict, order: list[str], ref: dict) -> list[str]:
+    """Table 19: the noise-ball test (μσ of suspect, victim and random)."""
+    lines = ["| suspect | μσ suspect | μσ victim | μσ random | p1 per seed | p2 per seed | verdicts |",
+             "|---|---|---|---|---|---|---|"]
+    for row in order:
+        seeds = rows[row]
+        lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'noise_ball', 'mu_sigma_suspect'), 4)} | "
+                     f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_victim'), 4)} | "
+                     f"{_fmt(_est(seeds, 'noise_ball', 'mu_sigma_unrelated'), 4)} | "
+                     f"{_ps(seeds, 'noise_ball', 'p1')} | {_ps(seeds, 'noise_ball', 'p2')} | "
+                     f"{_verdicts(seeds, 'noise_ball')} |")
+    return lines + ["", f"Paper: μσ victim {ref.get('victim')}, random {ref.get('random')} (p2 {ref.get('p2')}); "
+                    "stolen (μσ, p1): " + "; ".join(f"{k} {v[0]}, {v[1]}" for k, v in ref.get("stolen", {}).items())]
+
+
+def _dataset_inference_table(rows: dict, order: list[str], ref: dict) -> list[str]:
+    """Table 20: dataset inference (public vs private training data) of each suspect and of the victim."""
+    lines = ["| suspect | Δμ (public − private) | p per seed | victim's own Δμ | victim's p per seed "
+             "| verdicts |", "|---|---|---|---|---|---|"]
+    for row in order:
+        seeds = rows[row]
+        lines.append(f"| {_name(row)} | {_fmt(_est(seeds, 'private_public', 'delta_mu'), 4)} | "
+                     f"{_ps(seeds, 'private_public')} | "
+                     f"{_fmt(_est(seeds, 'private_public', 'delta_mu_victim'), 4)} | "
+                     f"{_ps(seeds, 'private_public', 'p_victim')} | {_verdicts(seeds, 'private_public')} |")
+    paper_rows = "; ".join(f"{k}: {v[0]}, {v[1]:.2g}" for k, v in ref.get("rows", {}).items())
+    return lines + ["", "Paper (Δμ, p): " + paper_rows]

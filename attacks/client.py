@@ -32,8 +32,8 @@ import torch
 
 from data_aug import to_float
 from defenses.pow import ProofPayer, Puzzle
-from errors import QueryBudgetExceeded, UserError
-from utils import append_jsonl
+from service.wire import decode_array, encode_array
+from utils import QueryBudgetExceeded, UserError, append_jsonl
 
 
 class AnswerBackend(Protocol):
@@ -253,7 +253,6 @@ class HTTPConnection(ProofPayer):
         if images.shape[0] > self.max_batch:
             return torch.cat([self.answer(images[i:i + self.max_batch])
                               for i in range(0, images.shape[0], self.max_batch)])
-        from serving import decode_array, encode_array  # the wire format (serving imports FastAPI lazily)
 
         body = {"format": "uint8", **encode_array(wire_images(images))}
         if self.output is not None:
@@ -297,60 +296,3 @@ class SybilConnection:
             for key, value in getattr(conn, "costs", dict)().items():
                 totals[key] = totals.get(key, 0) + value
         return totals
-
-
-# --------------------------------------------------------------------------------------
-# a victim served over HTTP, from the command line (steal.py, stealhead.py, knockoff.py, legitimate.py)
-
-
-def add_http_victim_args(parser):
-    """``--victim-url`` and ``--api-key``: attack (or use) a victim served by ``serve.py``."""
-    g = parser.add_argument_group("a victim served over HTTP (serve.py)")
-    g.add_argument("--victim-url", default=None,
-                   help="query the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a "
-                        "checkpoint; the dataset, input size and architecture come from its /v1/info, and the "
-                        "query budget is at most what the account(s) have left in /v1/usage")
-    g.add_argument("--api-key", action="append", default=None, metavar="KEY",
-                   help="the account's API key for --victim-url; repeat it to spread the queries over several "
-                        "accounts (a Sybil attack; steal.py routes them by --sybil-split)")
-    return g
-
-
-# flags that name or build the victim on the owner's side, meaningless for a victim served elsewhere
-OWNER_FLAGS = {"victim_checkpoint": "--victim-checkpoint", "defenses": "--defenses", "defence": "--defence",
-               "lossvictim": "--lossvictim", "epochstrain": "--epochstrain"}
-# flags that describe the victim: over HTTP they are checked against the service's card
-CARD_FLAGS = {"dataset": ("--dataset", "dataset"), "arch": ("--archvic", "arch"), "width": ("--width", "width"),
-              "stem": ("--stem", "stem")}
-
-
-def open_http_victim(config: dict, *, output: Optional[str] = None, owner_flags: dict = OWNER_FLAGS) -> tuple:
-    """``--victim-url``/``--api-key``: a connection to a victim served over HTTP (through several
-    accounts when ``--api-key`` is repeated), answering ``output`` (default: the service's default
-    answer), and what to record in config.yaml about it (its published card; the keys redacted).
-
-    One :class:`errors.UserError` when a key is missing, when an owner-side flag (``owner_flags``:
-    config key -> flag) is set, when a flag that describes the victim disagrees with the card,
-    or when the account may not ask for ``output`` (head outputs need head access).
-    """
-    from utils import scale_of
-
-    if not config.get("api_key"):
-        raise UserError("--victim-url needs --api-key (create one with `python serve.py accounts create NAME`)")
-    given = [flag for key, flag in owner_flags.items() if config.get(key)]
-    if given:
-        raise UserError(f"--victim-url queries a served victim, so the owner's flags {', '.join(given)} do not "
-                        f"apply (the victim and its defenses are serve.py's); drop them")
-    accounts = [HTTPConnection(config["victim_url"], key, output=output) for key in config["api_key"]]
-    connection = accounts[0] if len(accounts) == 1 else SybilConnection(accounts)
-    card = connection.info
-    for key, (flag, field) in CARD_FLAGS.items():
-        if config.get(key) is not None and card.get(field) is not None and config[key] != card[field]:
-            raise UserError(f"{flag} {config[key]} does not match the victim served at {config['victim_url']}, "
-                            f"whose card says {field} {card[field]}; drop {flag}")
-    record = {"victim_checkpoint": config["victim_url"], "dataset": card["dataset"],
-              "scale": scale_of(card["dataset"], config.get("scale")), "arch": card["arch"], "width": card["width"],
-              "stem": card.get("stem", "cifar"), "image_size": card["input_size"], "victim_watermarked": False,
-              "defenses": ["served: unknown"], "victim_output": card["answers"],
-              "api_key": [f"...{key[-4:]}" for key in config["api_key"]]}  # never the keys themselves
-    return connection, record

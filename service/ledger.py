@@ -48,7 +48,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from errors import QueryBudgetExceeded, UserError
+from utils import QueryBudgetExceeded, UserError
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS accounts (

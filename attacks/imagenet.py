@@ -40,35 +40,20 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from client import QueryClient, service_remaining
-from data_aug import SimCLRAugment, dataset_info, get_dataset, iterate_batches, to_float
-from distributed import Dist
-from errors import QueryBudgetExceeded, UserError
-from lars import LARS
+from attacks.client import QueryClient, service_remaining
+from attacks.encoder import query_pool
+from data_aug import ImageSet, SimCLRAugment, dataset_info, iterate_batches, to_float
+from engine.distributed import Dist
+from engine.optim import build_optimizer
 from loss import LOSSES, SPECS
 from models import build_encoder, load_checkpoint, load_state_dict_strict, save_checkpoint
-from simclr import Precision, fit
-from utils import atomic_path, derive_seed, steal_run_dir
+from simclr import Precision, fit, precision_from_flags
+from utils import QueryBudgetExceeded, UserError, atomic_path, derive_seed
 
 # the losses that compare one view's output with the victim's answer and need no labels
 STEAL_LOSSES = tuple(name for name, spec in SPECS.items() if spec.views == 1 and not spec.labels)
-
-
-def default_run_dir(losstype: str, num_queries: int, datasetsteal: str, seed: int) -> Path:
-    """stealsimsiam.py's default ``--logdir`` (linsimsiam.py finds a stolen copy there):
-    ``runs/stealsimsiam_<loss>_<queries>_<query set>_s<seed>``."""
-    return steal_run_dir(losstype, num_queries, datasetsteal, seed, kind="stealsimsiam")
-
-
-def query_pool(datasetsteal: str, *, data: Optional[str], image_size: int, useval: bool = False):
-    """The images the attacker may query: ImageNet's train (val with ``useval``) folder at
-    ``image_size``, the test split of another dataset with ``useval``, else its query split
-    (train; STL10's unlabeled) at native size (resized on the device per batch)."""
-    info = dataset_info(datasetsteal)
-    split = info.test_split if useval else info.query_split
-    folder = not info.offline and datasetsteal == "imagenet"
-    return get_dataset(datasetsteal, split, root=data, image_size=image_size if folder else None)
 
 
 def draw_queries(pool_size: int, num_queries: int, seed: int, what: str) -> torch.Tensor:
@@ -140,22 +125,6 @@ def query_victim(connection, pool, indices: torch.Tensor, *, image_size: int, ba
     return answers, per_rank
 
 
-def make_optimizer(params, *, lr: float, momentum: float, weight_decay: float, lars: bool) -> torch.optim.Optimizer:
-    """SGD, or LARS (the reference's apex LARC rule, :mod:`lars`) over the same settings."""
-    if lars:
-        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def precision_for(config: dict, device: torch.device) -> tuple[Precision, bool]:
-    """(mixed precision, channels_last): bf16 autocast and channels_last on CUDA by default, fp32 on CPU."""
-    choice = config.get("precision") or "auto"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice, torch.bfloat16)
-    enabled = device.type == "cuda" and choice in ("auto", "bf16", "fp16")
-    channels_last = device.type == "cuda" and (config.get("channels_last") or "auto") != "off"
-    return Precision(device, enabled=enabled, dtype=dtype), channels_last
-
-
 def _load_answers(path: Path, indices: torch.Tensor, what: str) -> Optional[dict]:
     if not path.is_file():
         return None
@@ -166,27 +135,33 @@ def _load_answers(path: Path, indices: torch.Tensor, what: str) -> Optional[dict
     return saved
 
 
-def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.Logger,
-          resume: Optional[dict] = None) -> dict:
-    """Query the victim behind ``connection`` once, then train a stolen encoder on its answers.
-
-    ``config`` holds stealsimsiam.py's flags with its defaults resolved; ``resume`` is the
-    loaded ``checkpoint.pt`` to continue from. Every process calls this; the main one writes.
-    Returns ``{"checkpoint", "queries_used", "per_rank", "history"}``.
-    """
-    info = connection.info
+def _query_images(config: dict) -> tuple[ImageSet, str, torch.Tensor]:
+    """The query set of the flags, its name (``set/split``) and the drawn query indices."""
     size = int(config["image_size"])
-    device = dist.device
-    pool = query_pool(config["datasetsteal"], data=config.get("data"), image_size=size,
-                      useval=bool(config.get("useval")))
+    # ImageNet's train (val with --useval) folder at --image-size; another set's query split (its
+    # test split with --useval) at native size, resized on the device per batch
+    folder = not dataset_info(config["datasetsteal"]).offline and config["datasetsteal"] == "imagenet"
+    pool, _ = query_pool(config["datasetsteal"], size if folder else None, data=config.get("data"),
+                         split="test" if config.get("useval") else "query")
     what = f"{pool.name}/{pool.split}"
     indices = draw_queries(len(pool), config["num_queries"], config["seed"], what)
-    per_rank_batch = dist.per_rank(config["batch_size"], "global batch", "--batch-size")
-    n = len(indices)
-    steps = n // config["batch_size"]
+    return pool, what, indices
+
+
+def _steps_per_epoch(batch_size: int, n: int) -> int:
+    """Whole global batches of ``batch_size`` in ``n`` query images (at least one)."""
+    steps = n // batch_size
     if steps == 0:
-        raise UserError(f"--batch-size {config['batch_size']} is larger than the {n} query images; lower it or "
+        raise UserError(f"--batch-size {batch_size} is larger than the {n} query images; lower it or "
                         f"raise --num_queries")
+    return steps
+
+
+def _buy_answers(config: dict, connection, pool: ImageSet, indices: torch.Tensor, what: str, *, per_rank_batch: int,
+                 dist: Dist, run_dir: Path, logger: logging.Logger) -> tuple[torch.Tensor, list[int]]:
+    """The victim's answers to ``pool[indices]``: those of ``answers.pt`` if it holds them (no
+    query), else asked once (:func:`query_victim`) and saved there by the main process."""
+    size = int(config["image_size"])
     answers_path = run_dir / "answers.pt"
     saved = _load_answers(answers_path, indices, what)
     if saved is None:
@@ -200,36 +175,59 @@ def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.L
     else:
         answers, per_rank = saved["answers"], list(saved["per_rank"])
         logger.info(f"answers of {answers_path} reused: no new query ({sum(per_rank)} asked before)")
-    queries_used = int(sum(per_rank))
+    return answers, per_rank
 
+
+def use_channels_last(config: dict, device: torch.device) -> bool:
+    """``--channels-last`` (auto: on CUDA, where convolutions run faster in NHWC; never on CPU)."""
+    return device.type == "cuda" and (config.get("channels_last") or "auto") != "off"
+
+
+def _stolen_model(config: dict, out_dim: int, dist: Dist,
+                  resume: Optional[dict]) -> tuple[nn.Module, nn.Module, Precision, bool]:
+    """The fresh (or resumed) stolen encoder, on the device; the model that trains it (DDP-wrapped
+    in a job of several processes), the mixed precision, and whether inputs go channels-last."""
+    device = dist.device
     qinfo = dataset_info(config["datasetsteal"])
     stolen = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=qinfo.mean, std=qinfo.std)
-    if stolen.out_dim != answers.shape[1]:
+    if stolen.out_dim != out_dim:
         raise UserError(f"the stolen {config['arch']} (width {config['width']}) outputs {stolen.out_dim}-d "
-                        f"representations but the victim answers {answers.shape[1]}-d; pick a matching -a/--arch "
+                        f"representations but the victim answers {out_dim}-d; pick a matching -a/--arch "
                         f"and --width")
     if resume is not None:
         load_state_dict_strict(stolen, resume["encoder"]["state_dict"], what="stolen encoder of the checkpoint")
-    precision, channels_last = precision_for(config, device)
+    precision = precision_from_flags(config, device)
+    channels_last = use_channels_last(config, device)
     stolen.to(device)
     if channels_last:
         stolen.to(memory_format=torch.channels_last)
-    model = dist.wrap(stolen)
-    init_lr = config["lr"] * config["batch_size"] / 256
-    optimizer = make_optimizer(model.parameters(), lr=init_lr, momentum=config["momentum"],
-                               weight_decay=config["weight_decay"], lars=bool(config["lars"]))
-    spec, loss_fn = SPECS[config["losstype"]], LOSSES[config["losstype"]]
-    hparams = {**spec.hparams(config), **spec.batch_kwargs(1)}
-    augment = SimCLRAugment(size, crop_scale=(config.get("crop_min_scale") or 0.08, 1.0)) if config["useaug"] else None
+    return stolen, dist.wrap(stolen), precision, channels_last
+
+
+def _batch_fn(config: dict, pool: ImageSet, indices: torch.Tensor, *, steps: int, per_rank_batch: int, dist: Dist):
+    """``batches(epoch, generator)`` for :func:`simclr.fit`: this rank's share of each global batch
+    of one order of the query images, as (images, positions in ``indices``, augmentation generator)."""
+    n = len(indices)
 
     def batches(epoch: int, generator: torch.Generator):
         order = torch.randperm(n, generator=generator)[:steps * config["batch_size"]]
         mine = order.view(steps, config["batch_size"])[:, dist.rank::dist.world_size].reshape(-1)
         aug_gen = torch.Generator().manual_seed(derive_seed(config["seed"], epoch, 1 + dist.rank))
-        loader = iterate_batches(pool, per_rank_batch, indices=indices[mine], device=device,
+        loader = iterate_batches(pool, per_rank_batch, indices=indices[mine], device=dist.device,
                                  workers=config.get("workers") or 0)
         for k, (images, _, _) in enumerate(loader):
             yield images, mine[k * per_rank_batch:(k + 1) * per_rank_batch], aug_gen
+
+    return batches
+
+
+def _step_fn(config: dict, model: nn.Module, answers: torch.Tensor, *, augment: Optional[SimCLRAugment],
+             channels_last: bool, device: torch.device):
+    """``step(batch, generator)`` for :func:`simclr.fit`: the ``--losstype`` loss between the stolen
+    encoder's output on (an augmentation of) the plain view and the victim's answers."""
+    size = int(config["image_size"])
+    spec, loss_fn = SPECS[config["losstype"]], LOSSES[config["losstype"]]
+    hparams = {**spec.hparams(config), **spec.batch_kwargs(1)}
 
     def step(batch, generator: torch.Generator):
         images, positions, aug_gen = batch
@@ -241,7 +239,12 @@ def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.L
         target = answers[positions].to(device, non_blocking=True)
         return loss_fn(model(x).float(), target, **hparams), {}, x.shape[0]
 
-    ckpt_path = run_dir / "checkpoint.pt"
+    return step
+
+
+def _save_fn(config: dict, ckpt_path: Path, stolen: nn.Module, *, info: dict, queries_used: int, per_rank: list[int],
+             dist: Dist):
+    """``save(state)`` for :func:`simclr.fit`: the main process writes the stolen checkpoint; all wait."""
 
     def save(state: dict) -> None:
         if dist.is_main:
@@ -249,6 +252,37 @@ def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.L
                             dataset=info.get("dataset"), config=config, queries_used=queries_used,
                             queries_per_rank=per_rank, **state)
         dist.barrier()
+
+    return save
+
+
+def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.Logger,
+          resume: Optional[dict] = None) -> dict:
+    """Query the victim behind ``connection`` once, then train a stolen encoder on its answers.
+
+    ``config`` holds stealsimsiam.py's flags with its defaults resolved; ``resume`` is the
+    loaded ``checkpoint.pt`` to continue from. Every process calls this; the main one writes.
+    Returns ``{"checkpoint", "queries_used", "per_rank", "history"}``.
+    """
+    info = connection.info
+    size = int(config["image_size"])
+    pool, what, indices = _query_images(config)
+    per_rank_batch = dist.per_rank(config["batch_size"], "global batch", "--batch-size")
+    steps = _steps_per_epoch(config["batch_size"], len(indices))
+    answers, per_rank = _buy_answers(config, connection, pool, indices, what, per_rank_batch=per_rank_batch,
+                                     dist=dist, run_dir=run_dir, logger=logger)
+    queries_used = int(sum(per_rank))
+
+    stolen, model, precision, channels_last = _stolen_model(config, answers.shape[1], dist, resume)
+    init_lr = config["lr"] * config["batch_size"] / 256
+    optimizer = build_optimizer("lars" if config["lars"] else "sgd", model.parameters(), lr=init_lr,
+                                momentum=config["momentum"], weight_decay=config["weight_decay"])
+    augment = SimCLRAugment(size, crop_scale=(config.get("crop_min_scale") or 0.08, 1.0)) if config["useaug"] else None
+    step = _step_fn(config, model, answers, augment=augment, channels_last=channels_last, device=dist.device)
+    batches = _batch_fn(config, pool, indices, steps=steps, per_rank_batch=per_rank_batch, dist=dist)
+    ckpt_path = run_dir / "checkpoint.pt"
+    save = _save_fn(config, ckpt_path, stolen, info=info, queries_used=queries_used,
+                    per_rank=per_rank, dist=dist)
 
     logger.info(f"stealing a {info.get('arch')} victim ({answers.shape[1]}-d answers) with {config['losstype']}: "
                 f"{queries_used} queries of {what} at {size} px; stolen {config['arch']} width {config['width']}; "

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_aug import DATASETS, dataset_info, to_float
+from defenses import build_defenses
 from defenses.pow import ProofPayer
-from errors import ProofRequired, QueryBudgetExceeded, UserError  # noqa: F401  (ProofRequired: re-exported)
+from engine.presets import DEFAULT_DATASET, scale_of, victim_run_dir
 from models import load_encoder
-from utils import DEFAULT_DATASET, victim_run_dir
+from utils import ProofRequired, QueryBudgetExceeded, UserError, str2bool  # noqa: F401  (ProofRequired: re-exported)
 
 
 class EncoderBackend:
@@ -328,8 +329,6 @@ def build_service(victim: LoadedVictim, *, answers: str = "representation", defe
 
 def add_victim_args(parser, *, head_flag: bool = True):
     """The flags that name and describe the victim (the owner's side of an experiment)."""
-    from utils import str2bool
-
     g = parser.add_argument_group("victim (the service side: the attack never reads its checkpoint)")
     g.add_argument("--victim-checkpoint", default=None,
                    help="the victim's checkpoint (default: run.py's default run directory for --dataset, "
@@ -358,9 +357,6 @@ def service_from_config(config: dict, *, answers: str, scale_flag: Optional[str]
                         device: torch.device | str = "cpu") -> tuple[VictimService, dict]:
     """The owner's side of an experiment: load the victim named by the flags, build its
     defenses from their flags, and return ``(service, what to record in config.yaml)``."""
-    from defenses import build_defenses
-    from utils import scale_of
-
     victim = load_victim(config.get("victim_checkpoint"), dataset=config.get("dataset"), seed=config["seed"],
                          arch=config.get("arch"), width=config.get("width"), stem=config.get("stem"),
                          lossvictim=config.get("lossvictim"),

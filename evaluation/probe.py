@@ -32,24 +32,27 @@ legitimate user import the probes from here.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data_aug import DATASETS, SimCLRAugment, dataset_info, get_dataset, iterate_batches, split_holdout, to_float
-from errors import UserError
-from utils import accuracy, atomic_path
+from data_aug import DATASETS, SimCLRAugment, iterate_batches, to_float
+from engine.lars import LARS
+from models.probe import DEFAULT_L2_GRID, Probe, encoder_inputs, extract_features, fit_probe
+from utils import (
+    UserError,
+    accuracy,
+    atomic_path,
+)
 
-DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PROBES = ("reference", "lbfgs")  # linear_eval*.py's --probe; fit_downstream also fits "augment" and "sgd"
 PROBE_FORMAT = "sslsteal-probe/1"
 # the reference's fixed settings (linear_eval.py)
@@ -61,118 +64,6 @@ REFERENCE_TEST_BATCH = 64       # its batch size on the last 1,000 test images (
 # the reference's linsimsiam.py probe (the ImageNet path)
 SGD_BASE_LR = 0.1               # its --lr default; the learning rate is lr x B / 256
 SGD_INIT_STD = 0.01             # fc.weight ~ N(0, 0.01^2), fc.bias = 0
-
-
-def _inputs(images: torch.Tensor, transform: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
-    """A batch of uint8 images (on the device) as the encoder's input: ``transform(images)``,
-    or float in [0, 1] without one."""
-    return to_float(images) if transform is None else transform(images)
-
-
-@torch.no_grad()
-def extract_features(encoder: Optional[nn.Module], dataset, *, device: torch.device,
-                     batch_size: int = 512, workers: int = 0,
-                     limit: Optional[int] = None, transform: Optional[Callable] = None,
-                     indices: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Representations ``N x D`` (float32, CPU) and labels of a whole dataset (its first
-    ``limit`` images when given; the images at ``indices``, in that order, when given).
-
-    ``transform`` maps each batch of uint8 images, on ``device``, to the encoder's input (e.g.
-    ``lambda x: imagenet.view(x, 224)`` to resize native-size images on the device); without
-    it the input is the images as float in [0, 1]. ``encoder=None`` returns that input
-    flattened (the pixel baseline).
-    """
-    if limit is not None and indices is not None:
-        raise ValueError("extract_features takes limit or indices, not both")
-    if limit is not None:
-        indices = torch.arange(min(limit, len(dataset)))
-    feats, labels = [], []
-    for images, y, _ in iterate_batches(dataset, batch_size, device=device, workers=workers, indices=indices):
-        x = _inputs(images, transform)
-        out = x.flatten(1) if encoder is None else encoder(x)
-        feats.append(out.float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(feats), torch.cat(labels)
-
-
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int) -> nn.Linear:
-    """Full-batch L-BFGS on cross-entropy + ``l2 * ||W||^2`` (deterministic)."""
-    linear = nn.Linear(x.shape[1], num_classes).to(x.device)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return linear
-
-
-class Probe(nn.Module):
-    """A fitted linear probe: standardise the features (train statistics), then a linear layer."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, linear: nn.Linear):
-        super().__init__()
-        self.register_buffer("mean", mean.reshape(1, -1).clone())
-        self.register_buffer("std", std.reshape(1, -1).clone())
-        self.linear = linear
-
-    @property
-    def feature_dim(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear((features - self.mean) / self.std)
-
-
-def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, *, num_classes: int,
-                l2_grid: Sequence[float] = DEFAULT_L2_GRID, max_iter: int = 300, seed: int = 0,
-                device: torch.device | str = "cpu") -> tuple[Probe, float, dict]:
-    """Standardise, choose the L2 penalty on a held-out fifth of train, refit on all of it.
-
-    Returns ``(probe, chosen l2, validation top-1 by l2)``.
-    """
-    device = torch.device(device)
-    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
-    xtr, ytr = ((train_x - mean) / std).to(device), train_y.to(device)
-    perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed)).to(device)
-    n_val = max(1, len(ytr) // 5)
-    val_idx, fit_idx = perm[:n_val], perm[n_val:]
-    scores = {}
-    for l2 in l2_grid:
-        lin = _fit_logreg(xtr[fit_idx], ytr[fit_idx], num_classes, l2, max_iter)
-        with torch.no_grad():
-            scores[l2] = accuracy(lin(xtr[val_idx]), ytr[val_idx])[0]
-    best = max(l2_grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger penalty
-    probe = Probe(mean.to(device), std.to(device), _fit_logreg(xtr, ytr, num_classes, best, max_iter))
-    return probe.eval().requires_grad_(False), best, {str(k): v for k, v in scores.items()}
-
-
-def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-              num_classes: int, l2_grid: Sequence[float] = DEFAULT_L2_GRID, max_iter: int = 300,
-              seed: int = 0, device: torch.device | str = "cpu", return_probe: bool = False):
-    """Train a probe (:func:`train_probe`) and evaluate it on the test features.
-
-    Returns ``{"top1", "top5", "train_top1", "l2", "val_top1_by_l2"}`` (accuracies in %), and
-    the :class:`Probe` as well (``(metrics, probe)``) with ``return_probe=True``.
-    """
-    probe, best, scores = train_probe(train_x, train_y, num_classes=num_classes, l2_grid=l2_grid,
-                                      max_iter=max_iter, seed=seed, device=device)
-    with torch.no_grad():
-        top1, top5 = accuracy(probe(test_x.to(probe.mean.device)), test_y.to(probe.mean.device), topk=(1, 5))
-        train_top1 = accuracy(probe(train_x.to(probe.mean.device)), train_y.to(probe.mean.device))[0]
-    metrics = {"top1": top1, "top5": top5, "train_top1": train_top1, "l2": best, "val_top1_by_l2": scores}
-    return (metrics, probe) if return_probe else metrics
 
 
 def freeze(encoder: nn.Module) -> dict:
@@ -267,7 +158,7 @@ def _logits(model: Optional[nn.Module], probe: nn.Module, dataset, *, device, ba
             workers: int = 0, transform: Optional[Callable] = None) -> tuple[torch.Tensor, torch.Tensor]:
     out, labels = [], []
     for images, y, _ in iterate_batches(dataset, batch_size, device=device, workers=workers):
-        out.append(probe(_forward(model, _inputs(images, transform))).float().cpu())
+        out.append(probe(_forward(model, encoder_inputs(images, transform))).float().cpu())
         labels.append(y.cpu())
     return torch.cat(out), torch.cat(labels)
 
@@ -301,7 +192,7 @@ def _feature_dim(model: Optional[nn.Module], dataset, device, transform: Optiona
         return model.out_dim
     was_training = model is not None and model.training
     images = next(iterate_batches(dataset, 2, device=device))[0]
-    dim = _forward(None if model is None else model.eval(), _inputs(images, transform)).shape[1]
+    dim = _forward(None if model is None else model.eval(), encoder_inputs(images, transform)).shape[1]
     if model is not None:
         model.train(was_training)
     return int(dim)
@@ -346,7 +237,7 @@ def reference_probe(encoder: Optional[nn.Module], train_set, test_set, *, device
         for images, labels, _ in iterate_batches(train_set, batch_size, device=device, workers=workers,
                                                  indices=order):
             with torch.no_grad():
-                feats = _forward(model, _inputs(images, transform))
+                feats = _forward(model, encoder_inputs(images, transform))
             logits = probe(feats)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -442,8 +333,6 @@ def fit_sgd_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
 
     Returns ``(metrics, probe)``: a :class:`Probe` with mean 0 and std 1.
     """
-    from lars import LARS
-
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"the SGD probe needs epochs >= 1 and batch_size >= 1, got {epochs} and {batch_size}")
     t0 = time.perf_counter()
@@ -641,13 +530,6 @@ def load_probe(path: str | Path) -> tuple[Probe, dict]:
 # ------------------------------------------------------------------------ fidelity, fine-tuning
 
 
-def fidelity(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
-    """% of rows where the two classifiers' argmax agree."""
-    if logits_a.shape[0] != logits_b.shape[0]:
-        raise ValueError(f"fidelity needs the same images: {logits_a.shape[0]} vs {logits_b.shape[0]} rows")
-    return float((logits_a.argmax(1) == logits_b.argmax(1)).float().mean().item() * 100.0)
-
-
 def finetune(encoder: nn.Module, probe: Probe, train_set, *, device: torch.device | str, lr: float,
              epochs: int, batch_size: int = 256, weight_decay: float = REFERENCE_WD, seed: int = 0,
              num_labeled: Optional[int] = None, workers: int = 0) -> tuple[nn.Module, Probe]:
@@ -678,330 +560,3 @@ def finetune(encoder: nn.Module, probe: Probe, train_set, *, device: torch.devic
             optimizer.step()
     assert_unchanged(encoder, before)
     return model.eval().requires_grad_(False), head.eval().requires_grad_(False)
-
-
-# ------------------------------------------------------------------ the linear-evaluation CLI library
-
-
-def resolve_probe(probe: str, dataset_test: str, scale: Optional[str], augment: bool = False) -> str:
-    """``--probe auto``: reference at paper scale, lbfgs at cpu scale (``utils.scale_of`` of the
-    downstream dataset); ``--augment`` is its own probe."""
-    from utils import scale_of
-
-    if augment:
-        if probe != "auto":
-            raise UserError(f"--augment is a probe of its own; drop --probe {probe} or --augment")
-        return "augment"
-    if probe != "auto":
-        return probe
-    return "reference" if scale_of(dataset_test, scale) == "paper" else "lbfgs"
-
-
-def resolve_eval_set(eval_set: str, dataset_test: str) -> str:
-    """``--eval-set auto``: the whole test split for stl10 (the reference's 8k), the held-out
-    end of the test split otherwise (the reference's last 1,000)."""
-    if eval_set != "auto":
-        return eval_set
-    return "test" if dataset_test == "stl10" else "holdout"
-
-
-def load_downstream(dataset_test: str, *, root=None, image_size: Optional[int] = None, eval_set: str = "auto",
-                    holdout: Optional[int] = None):
-    """``(train set, test set, resolved eval set)`` of the downstream task."""
-    info = dataset_info(dataset_test)
-    eval_set = resolve_eval_set(eval_set, dataset_test)
-    train_set = get_dataset(dataset_test, info.train_split, root=root, image_size=image_size)
-    test_set = get_dataset(dataset_test, info.test_split, root=root, image_size=image_size)
-    if eval_set == "holdout":
-        test_set = split_holdout(test_set, holdout)[1]
-    return train_set, test_set, eval_set
-
-
-def reference_test_batch(eval_set: str, batch_size: int) -> int:
-    """The reference tests the last 1,000 images in batches of 64 and the full STL10 split in
-    batches of 2B (this matters for ``--probe-bn train``, where BatchNorm uses batch statistics)."""
-    return 2 * batch_size if eval_set == "test" else REFERENCE_TEST_BATCH
-
-
-def add_probe_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The probe flags shared by linear_eval*.py and linear_finetune_simclr.py."""
-    g = p.add_argument_group("the probe")
-    g.add_argument("--probe", default="auto", choices=["auto", *PROBES],
-                   help="reference = the reference's probe (a linear layer trained with Adam through the frozen "
-                        "encoder, unshuffled, --probe-epochs epochs, --probe-bn BatchNorm); lbfgs = logistic "
-                        "regression on standardised fixed features with a tuned L2 penalty; auto = reference at "
-                        "paper scale, lbfgs at cpu scale (see --scale)")
-    g.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
-                   help="picks --probe auto: auto = cpu for the offline downstream datasets, paper otherwise")
-    g.add_argument("--probe-epochs", dest="probe_epochs", type=int, default=100,
-                   help="epochs of the reference probe (the reference always trains 100)")
-    g.add_argument("--probe-bn", dest="probe_bn", default="train", choices=["train", "eval"],
-                   help="BatchNorm of the frozen encoder in the reference probe: train = the reference's quirk "
-                        "(batch statistics when training and testing the probe; runs on a copy, so the "
-                        "checkpoint's encoder is unchanged), eval = running statistics")
-    g.add_argument("--probe-wd", dest="probe_wd", type=float, default=REFERENCE_WD,
-                   help="Adam weight decay of the reference probe")
-    g.add_argument("--probe-lr", dest="probe_lr", type=float, default=None,
-                   help="Adam learning rate of the reference probe for every encoder (default: the reference's "
-                        f"rule, {REFERENCE_VICTIM_LR:g} for the victim and --lr for anything else)")
-    g.add_argument("-n", "--num-labeled", dest="num_labeled", type=int, default=None,
-                   help=f"training images of the downstream task: the reference probe stops each epoch once "
-                        f"batches x B >= n (default {REFERENCE_NUM_LABELED}, the reference's, which capped SVHN at "
-                        f"its first 50,176 images); lbfgs uses the first n images (default: all)")
-    g.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=256,
-                   help="training batch B of the reference probe (tested in batches of 64 on the held-out "
-                        "1,000, of 2B on a whole test split, as the reference); feature batch of lbfgs")
-    return g
-
-
-def build_eval_parser(supervised: bool = False, description: Optional[str] = None) -> argparse.ArgumentParser:
-    """The parser of linear_eval.py (``supervised=False``) or linear_eval_sup.py: every flag of
-    the reference's script parses; the supervised one lacks --watermark/--entropy/--victimhead
-    as the reference's does, and its default victim is simclrsup.py's run."""
-    from loss import canonical_loss
-    from models import ARCHS
-    from utils import HelpFormatter, add_common_args, add_reference_args, str2bool
-
-    victim = "supervised victim (simclrsup.py's run)" if supervised else "victim (run.py's run)"
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.set_defaults(victim_kind="supervised" if supervised else "victim")
-    p.add_argument("--checkpoint", default=None,
-                   help="encoder checkpoint to evaluate (e.g. <logdir>/checkpoint.pt); default: found from the "
-                        "reference's flags below (--modeltype victim: the " + victim + "; stolen: steal.py's "
-                        "or, with --head True, stealhead.py's run)")
-    p.add_argument("--modeltype", nargs="+", default=["stolen"], choices=["victim", "stolen", "random", "pixels"],
-                   help="what to evaluate: the stolen copy or the victim (as the reference), the same "
-                        "architecture at random initialisation, or raw pixels; several give a table. The "
-                        "victim's reference probe uses lr " + f"{REFERENCE_VICTIM_LR:g}, anything else --lr")
-    p.add_argument("-data", "--data", dest="data", metavar="DIR", default=None, help="root of the real datasets")
-    p.add_argument("--dataset-test", dest="dataset_test", default=None,
-                   help="downstream dataset (default: the checkpoint's training dataset, else --dataset)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="resolution fed to the encoder (default: the checkpoint's training resolution)")
-    p.add_argument("--eval-set", default="auto", choices=["auto", "holdout", "test"],
-                   help="what the probe is tested on: holdout = the last images of the test split (1,000, 200 "
-                        "for digits/digitsm; the reference's rule for cifar10/svhn, and the images steal.py never "
-                        "queries), test = the whole test split (the reference's rule for stl10); auto = test for "
-                        "stl10, holdout otherwise")
-    p.add_argument("--holdout", type=int, default=None, help="size of the holdout (default: the dataset's)")
-    g = add_probe_args(p)
-    g.add_argument("--lr", type=float, default=None,
-                   help=f"reference probe: Adam lr for a stolen (or random/pixels) encoder (default "
-                        f"{REFERENCE_LR:g}, the reference's; the victim always gets {REFERENCE_VICTIM_LR:g} "
-                        f"unless --probe-lr); with --augment: its Adam lr (default 1e-3)")
-    g.add_argument("--augment", action="store_true",
-                   help="a third probe: the linear layer trained with Adam through augmented images (crops) for "
-                        "--epochs, on standardised features; the backbone stays frozen")
-    g.add_argument("--epochs", type=int, default=100,
-                   help="probe epochs with --augment only. In the reference --epochs is the stealing epochs, used "
-                        "only in the checkpoint path (here runs are found without it); the reference probe's "
-                        "epochs are --probe-epochs")
-
-    g = p.add_argument_group("finding the checkpoint without --checkpoint (the reference's flags)")
-    g.add_argument("--dataset", default=None, help="the victim's dataset (default mnistm5k)")
-    g.add_argument("--datasetsteal", default=None, help="the stolen copy's query dataset (default: --dataset)")
-    g.add_argument("--losstype", default="infonce", type=canonical_loss, help="the stolen copy's loss")
-    g.add_argument("--num_queries", type=int, default=None,
-                   help="the stolen copy's query count (default as steal.py's, by scale: cpu 500, paper 9000)")
-    g.add_argument("-a", "--arch", default=None, choices=ARCHS,
-                   help="the encoder's architecture: checked against the checkpoint (a mismatch is an error), "
-                        "names a plain state dict's architecture, and is the random baseline's architecture "
-                        "without --checkpoint (default: the checkpoint's; by scale without one)")
-    g.add_argument("--head", type=str2bool, default=False,
-                   help="True: the stolen copy is stealhead.py's run (runs/stealhead_<loss>_<queries>_<dataset>"
-                        "_s<seed>) instead of steal.py's")
-    g.add_argument("--defence", type=str2bool, default=False,
-                   help="True: the stolen copy was stolen from a defended victim; there is no default path for "
-                        "it here, so pass that run's --checkpoint (with --checkpoint the flag has no effect)")
-    if not supervised:
-        g.add_argument("--watermark", type=str2bool, default=False,
-                       help="True: the victim is the reference's WATERMARK variant; there is no default path for "
-                            "it here, so pass its --checkpoint (with --checkpoint the flag has no effect)")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--label", default=None, help="name of this encoder in the printed table and results")
-    g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra field stored in each result record (repeatable), e.g. --tag table=table2")
-    g.add_argument("--summarize", metavar="RESULTS", default=None,
-                   help="only print a table of the evaluations recorded in this results file")
-    g.add_argument("--results", default=None,
-                   help="JSON-lines file to append one record per evaluation to "
-                        "(default: <checkpoint dir>/linear_eval.jsonl)")
-    g.add_argument("--clear", nargs="?", const=True, default=False, type=str2bool,
-                   help="True: start the results file afresh with this run's records instead of appending (the "
-                        "reference's linear_eval.py deleted its log by default)")
-    g.add_argument("--save", type=str2bool, default=False,
-                   help="True: also write each fitted probe to <checkpoint dir>/probe_<modeltype>_<dataset-test>.pt "
-                        "(next to --results for pixels): a small torch file that loads with weights_only=True "
-                        "and that linear_finetune_simclr.py --victim-probe/--stolen-probe reads")
-    refs = ["folder_name", "epochstrain", "sigma_unused", "mu_unused"]
-    if not supervised:
-        refs += ["entropy", "victimhead_unused"]
-    add_reference_args(p, *refs)
-    add_common_args(p)
-    return p
-
-
-def default_checkpoint(args, modeltype: str) -> Path:
-    """Where run.py / simclrsup.py / steal.py / stealhead.py put a checkpoint by default, from the
-    reference-style flags; the reference's DEFENCE and WATERMARK variants have no default here."""
-    from utils import DEFAULT_DATASET, steal_run_dir, victim_run_dir
-
-    dataset = args.dataset or DEFAULT_DATASET
-    dataset_info(dataset)  # a clear error for an unknown name
-    if modeltype == "stolen":
-        if args.num_queries is None:  # steal.py's default by scale (cpu 500, paper 9000)
-            from attack import STEAL_DEFAULTS
-            from utils import scale_of
-
-            args.num_queries = STEAL_DEFAULTS[scale_of(dataset, getattr(args, "scale", None))]["*"]["num_queries"]
-        if args.defence:
-            raise UserError("--defence True names a copy stolen from a defended victim, which has no default run "
-                            "directory here; pass that run's checkpoint with --checkpoint PATH")
-        if args.head:
-            return steal_run_dir(args.losstype, args.num_queries, dataset, args.seed, kind="stealhead") / "checkpoint.pt"
-        query_dataset = getattr(args, "datasetsteal", None) or dataset
-        return steal_run_dir(args.losstype, args.num_queries, query_dataset, args.seed) / "checkpoint.pt"
-    if getattr(args, "watermark", False):
-        raise UserError("--watermark True names the reference's watermarked victim, which has no default run "
-                        "directory here; pass its checkpoint with --checkpoint PATH")
-    kind = getattr(args, "victim_kind", "victim")
-    return victim_run_dir(dataset, args.seed, arch=args.arch, kind=kind) / "checkpoint.pt"
-
-
-def print_table(records: list[dict]) -> None:
-    print("\n| encoder | dataset | probe | top-1 % | top-5 % |\n|---|---|---|---|---|")
-    for r in records:
-        kind = (r.get("probe") or {}).get("kind") or ("augment" if r["metrics"].get("augment") else "lbfgs")
-        print(f"| {r.get('label') or r['modeltype']} | {r['dataset_test']} | {kind} | {r['metrics']['top1']:.1f} "
-              f"| {r['metrics']['top5']:.1f} |")
-
-
-def _random_encoder(args, checkpoint_encoder, dataset_test: str, scale: Optional[str]):
-    """The random baseline: the checkpoint's architecture, or ``--arch`` and the scale preset."""
-    from models import build_encoder
-    from models.checkpoint import encoder_kwargs
-    from utils import preset_for
-
-    if checkpoint_encoder is not None:
-        kwargs = encoder_kwargs(checkpoint_encoder)
-    else:
-        preset = preset_for(dataset_test, scale)
-        info = dataset_info(dataset_test)
-        size = args.image_size or preset["image_size"]
-        kwargs = {"arch": args.arch or preset["arch"], "width": preset["width"],
-                  "stem": "imagenet" if size >= 128 else "cifar", "mean": info.mean, "std": info.std}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        return build_encoder(**kwargs)
-
-
-def _write_record(path: Path, record: dict, replace: bool) -> None:
-    from utils import append_jsonl, atomic_write_text
-
-    if replace:
-        atomic_write_text(path, json.dumps(record, default=str) + "\n")
-    else:
-        append_jsonl(path, record)
-
-
-def evaluate(args: argparse.Namespace) -> list[dict]:
-    """linear_eval.py / linear_eval_sup.py: probe each ``--modeltype`` and record the results."""
-    from models import load_encoder
-    from utils import parse_tags, pick_device, preset_for, read_jsonl, scale_of, seed_everything, setup_threads
-
-    if args.summarize:
-        path = Path(args.summarize)
-        if not path.is_file():
-            raise UserError(f"results file {path} does not exist")
-        records = read_jsonl(path)
-        print_table(records)
-        return records
-    tags = parse_tags(args.tag)
-    device = pick_device(args.device, args.gpu_index)
-    setup_threads()
-    seed_everything(args.seed)
-
-    # which checkpoint each model type reads
-    paths: dict[str, Optional[str]] = {}
-    for modeltype in args.modeltype:
-        if modeltype == "pixels":
-            paths[modeltype] = None
-        elif args.checkpoint:
-            paths[modeltype] = args.checkpoint
-        elif modeltype == "random":
-            paths[modeltype] = None  # --arch and the scale preset
-        else:
-            path = default_checkpoint(args, modeltype)
-            if not path.is_file():
-                raise UserError(f"no {modeltype} checkpoint at {path} (derived from --dataset/--datasetsteal/"
-                                f"--losstype/--num_queries/--head/--seed); pass --checkpoint PATH")
-            paths[modeltype] = str(path)
-    loaded: dict[str, tuple] = {}
-    for path in dict.fromkeys(p for p in paths.values() if p):
-        with torch.random.fork_rng(devices=[]):
-            encoder, _, ckpt = load_encoder(path, arch=args.arch)
-        loaded[path] = (encoder, ckpt.get("config", {}) or {}, ckpt)
-    first = next(iter(loaded.values()), (None, {}, {}))
-    dataset_test = args.dataset_test or first[1].get("dataset") or args.dataset
-    if dataset_test is None:
-        raise UserError("name the downstream dataset with --dataset-test")
-    info = dataset_info(dataset_test)
-    if not info.num_classes:
-        raise UserError(f"{dataset_test} has no labels; pick a labelled --dataset-test")
-    kind = resolve_probe(args.probe, dataset_test, args.scale, args.augment)
-    num_labeled = args.num_labeled
-    if num_labeled is None and kind == "reference":
-        num_labeled = REFERENCE_NUM_LABELED
-    results_path = Path(args.results) if args.results else (
-        Path(next(iter(loaded))).parent / "linear_eval.jsonl" if loaded else Path("linear_eval.jsonl"))
-    datasets: dict[int, tuple] = {}
-    records = []
-    for modeltype in args.modeltype:
-        path = paths[modeltype]
-        encoder, config, ckpt = loaded[path] if path else (None, {}, {})
-        if modeltype == "random":
-            model = _random_encoder(args, encoder, dataset_test, args.scale)
-        else:
-            model = encoder if modeltype in ("victim", "stolen") else None
-        size = int(args.image_size or config.get("image_size") or preset_for(dataset_test, args.scale)["image_size"])
-        if size not in datasets:
-            datasets[size] = load_downstream(dataset_test, root=args.data, image_size=size, eval_set=args.eval_set,
-                                             holdout=args.holdout)
-        train_set, test_set, eval_set = datasets[size]
-        probe_kind = "lbfgs" if kind == "augment" and model is None else kind
-        if probe_kind == "reference":
-            lr = args.probe_lr or (REFERENCE_VICTIM_LR if modeltype == "victim" else (args.lr or REFERENCE_LR))
-        else:
-            lr = args.lr
-        metrics, probe, how = fit_downstream(
-            probe_kind, model, train_set, test_set, device=device, seed=args.seed, workers=args.workers, lr=lr,
-            weight_decay=args.probe_wd, epochs=args.epochs if probe_kind == "augment" else args.probe_epochs,
-            batch_size=args.batch_size, num_labeled=num_labeled, bn=args.probe_bn,
-            test_batch_size=reference_test_batch(eval_set, args.batch_size))
-        how["scale"] = scale_of(dataset_test, args.scale)
-        label = args.label if args.label and len(args.modeltype) == 1 else None
-        record = {**tags, "modeltype": modeltype, "label": label, "dataset_test": dataset_test, "checkpoint": path,
-                  "victim_checkpoint": config.get("victim_checkpoint"), "image_size": train_set.image_size,
-                  "eval_set": f"{test_set.split} ({len(test_set)} images)", "seed": args.seed, "probe": how,
-                  "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if args.save:
-            where = Path(path).parent if path else results_path.parent
-            probe_path = where / f"probe_{modeltype}_{dataset_test}.pt"
-            # a random encoder is not saved: its probe names no checkpoint to reuse it with
-            save_probe(probe_path, probe, probe=how, modeltype=modeltype, dataset_test=dataset_test,
-                       checkpoint=path if modeltype in ("victim", "stolen") else None,
-                       image_size=train_set.image_size, eval_set=record["eval_set"], seed=args.seed,
-                       metrics={"top1": metrics["top1"], "top5": metrics["top5"], "n_test": metrics["n_test"]})
-            record["probe_file"] = str(probe_path)
-        _write_record(results_path, record, replace=bool(args.clear) and not records)
-        records.append(record)
-        detail = f"L2 {metrics['l2']:g}" if "l2" in metrics else (
-            f"lr {how['lr']:g}, {how['epochs']} epochs" + (f", BN {how['bn']}" if probe_kind == "reference" else ""))
-        print(f"{label or modeltype:>8s} on {dataset_test}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-              f"({probe_kind} probe, {detail}; features {metrics['feature_dim']}-d, {metrics['seconds']:.1f}s)"
-              + (f"; probe saved to {record['probe_file']}" if args.save else ""), flush=True)
-    if len(records) > 1:
-        print_table(records)
-    print(f"results {'written' if args.clear else 'appended'} to {results_path}")
-    return records

@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from report import FAILS, HOLDS, INCONCLUSIVE, Estimate, _save_plot, estimate
+from reports.stats import Estimate, estimate, mean_sd, save_plot, sign_verdict
 
 NOISE_TABLES = ("table10", "table11", "table12", "poison")
 
@@ -40,16 +40,6 @@ def _drop_difference(rows: dict, column: str, base: str) -> Estimate | None:
     return estimate([(adv[base][s] - adv[column][s]) - (leg[base][s] - leg[column][s]) for s in seeds])
 
 
-def _verdict(e: Estimate | None) -> str:
-    if e is None or e.half_width is None:
-        return INCONCLUSIVE
-    if e.mean - e.half_width > 0:
-        return HOLDS
-    if e.mean + e.half_width < 0:
-        return FAILS
-    return INCONCLUSIVE
-
-
 def noise_claims(data: dict) -> list[tuple[str, str, str]]:
     """The paper's claims on serving-side noise, checked on the largest noise of each table."""
     out = []
@@ -66,8 +56,9 @@ def noise_claims(data: dict) -> list[tuple[str, str, str]]:
             base, top = columns[0], columns[-1]
             e = _drop_difference(rows, top, base)
             claim = f"{what} hurts the adversary more than the legitimate user ({scale}, {top} vs {base})"
-            evidence = (f"adversary's drop minus the legitimate user's: {e} points over {e.n} seeds" if e else "no data")
-            out.append((claim, _verdict(e), evidence))
+            evidence = (f"adversary's drop minus the legitimate user's: {e} points over {e.n} seeds"
+                        if e else "no data")
+            out.append((claim, sign_verdict(e), evidence))
     return out
 
 
@@ -111,7 +102,7 @@ def plot_tradeoff(records: list[dict], paper: dict, path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
 
-    _save_plot(path, draw, size=(6.5, 4.5))
+    save_plot(path, draw, size=(6.5, 4.5))
 
 
 def detection_lines(records: list[dict], ref: dict, scale: str, out_dir: Path) -> list[str]:
@@ -127,14 +118,19 @@ def detection_lines(records: list[dict], ref: dict, scale: str, out_dir: Path) -
     lines = [f"![detection trade-off]({png.name})", "",
              f"{seeds} victim(s) (seeds), {', '.join(map(str, draws))} draws of {', '.join(map(str, n))} distinct "
              "query-pool images each; the mean over victims of each victim's mean over its draws ± the standard "
-             "deviation across victims (one victim: across its draws). False positive: a distinct image flagged against the earlier ones; false negative: an "
+             "deviation across victims (one victim: across its draws). False positive: a distinct image flagged "
+             "against the earlier ones; false negative: an "
              "augmented view (the attacker's cpu views: crops of at least 80% of the area, colour jitter) of an "
              "image already sent, not flagged.", "",
              "| metric | watched | threshold | false positive % | false negative % |", "|---|---|---|---|---|"]
     for (metric, on, t), ms in sorted(groups.items()):
         fp = [m["fp_mean"] for m in ms]
         fn = [m["fn_mean"] for m in ms]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else ms[0]["fp_std"])
+        one = ms[0]["fp_std"]  # one victim: the spread over its draws
+
+        def sd(v: list, one: float = one) -> float:
+            return statistics.stdev(v) if len(v) > 1 else one
+
         lines.append(f"| {metric} | {on} | {t:g} | {statistics.mean(fp):.1f} ± {sd(fp):.1f} | "
                      f"{statistics.mean(fn):.1f} ± {sd(fn):.1f} |")
     lines += ["", "Paper (ResNet18 CIFAR10 victim): " + "; ".join(
@@ -208,16 +204,7 @@ def defense_sections(records: list[dict], data: dict, paper: dict, out_dir: Path
 SYBIL_TABLES = ("sybil",)
 
 
-def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def sybil_cells(records: list[dict]) -> dict:
+def sybil_records_by_cell(records: list[dict]) -> dict:
     """{(scale, defense, split, K): {seed: {top1, n_test, used, per_account, flagged, deviation, bits,
     hashes}}} from the Sybil table's records (``what=probe``: the stolen encoder's probe;
     ``what=accounts``: ``sybil.py``'s per-account statistics); the last record of a cell and seed wins."""
@@ -250,7 +237,7 @@ def _paired(cells: dict, a: tuple, b: tuple, field: str) -> Estimate | None:
 
 def sybil_claims(records: list[dict]) -> list[tuple[str, str, str]]:
     """Does splitting the table12 attacker over the most accounts (K) beat one account? Paired by seed."""
-    cells = sybil_cells(records)
+    cells = sybil_records_by_cell(records)
     out = []
     for scale in sorted({key[0] for key in cells}):
         ks = sorted({key[3] for key in cells if key[0] == scale})
@@ -272,7 +259,7 @@ def sybil_claims(records: list[dict]) -> list[tuple[str, str, str]]:
                  (scale, "detect", "images", top), many["detect"], "flagged", "points of flagged %")):
             e = _paired(cells, a, b, field)
             evidence = f"difference {e} {unit} over {e.n} seed(s) (paired, 95% CI)" if e else "no data"
-            out.append((claim, _verdict(e), evidence))
+            out.append((claim, sign_verdict(e), evidence))
     return out
 
 
@@ -305,13 +292,13 @@ def plot_sybil(cells: dict, scale: str, path: Path) -> None:
             sub.grid(alpha=0.3)
             sub.legend(fontsize=7)
 
-    _save_plot(path, draw, size=(12, 3.8))
+    save_plot(path, draw, size=(12, 3.8))
 
 
 def sybil_lines(records: list[dict], out_dir: Path) -> list[str]:
     """The Sybil section: per defense, split and K the per-account defense numbers and the stolen
     encoder's accuracy, mean ± standard deviation over seeds; the plot."""
-    cells = sybil_cells(records)
+    cells = sybil_records_by_cell(records)
     lines: list[str] = []
     for scale in sorted({key[0] for key in cells}):
         keys = sorted((k for k in cells if k[0] == scale), key=lambda k: (k[1], k[2] != "views", k[3]))
@@ -336,8 +323,8 @@ def sybil_lines(records: list[dict], out_dir: Path) -> list[str]:
             _, defense, split, k = key
             by = cells[key].values()
 
-            def col(field, scale=1.0, digits=1):
-                return _mean_std([c[field] for c in by if field in c], scale, digits)
+            def col(field, scale=1.0, digits=1, by=by):
+                return mean_sd([c[field] for c in by if field in c], scale, digits)
 
             per = sorted({n for c in by for n in c.get("per_account", [])})
             per_text = "-" if not per else (str(per[0]) if len(per) == 1 else f"{per[0]}-{per[-1]}")

@@ -12,6 +12,7 @@ the true labels and agreement with the victim.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, Optional
 
@@ -19,9 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attacks.client import QueryClient, service_remaining
+from attacks.connect import OpenVictim, VictimScores, open_victim
+from attacks.pretrain import pretrain_run
+from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
 from loss import softce
-from probe import fidelity
-from utils import accuracy
+from models import build_encoder, load_encoder, save_checkpoint
+from models.probe import fidelity
+from simclr import Precision, fit
+from utils import QueryBudgetExceeded, UserError, accuracy, atomic_write_text, get_logger, prepare_run_dir, write_config
 
 DISTILL_KINDS = ("probabilities", "top5", "logits", "labels")
 
@@ -181,8 +188,6 @@ def even_batches(n: int, batch_size: int):
 def image_source(images, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """``images_fn(idx)``: float images ``idx`` of an image set on ``device``; an in-memory set is
     moved to the device once, an image folder (ImageNet) is decoded per batch."""
-    from data_aug import ImageSet, to_float
-
     if isinstance(images, ImageSet):
         x = to_float(images.images).to(device)
         return lambda idx: x[idx.to(device)]
@@ -200,93 +205,121 @@ def query_indices(pool_size: int, num_queries: int, seed: int) -> torch.Tensor:
 SERVED_OWNER_FLAGS = {"victim_checkpoint": "--victim-checkpoint", "victimtype": "--victimtype"}
 
 
-def open_served_classifier(config: dict) -> tuple:
-    """``--victim-url``/``--api-key``: a connection to a classifier served by ``serve.py``, answering
-    ``config["victim_output"]``, and what to record about it (:func:`client.open_http_victim`).
+def open_classifier(config: dict, device: torch.device) -> OpenVictim:
+    """The victim classifier of ``sslextract.py``, answering ``config["victim_output"]``: the owner's
+    classifier in this process (``--victimtype``, default supervised), or one served at
+    ``--victim-url`` (its task and input size come from its card).
 
-    ``--dataset`` and ``--image-size`` are checked against the card's ``task`` and ``input_size``;
-    ``--arch``, ``--width`` and ``--stem`` name the attacker's encoder here, so they are not compared
-    with the victim's. One :class:`errors.UserError` for an owner's flag (``--victim-checkpoint``,
+    ``--arch``, ``--width`` and ``--stem`` name the attacker's encoder here, so they are not
+    compared with the victim's; ``--dataset`` and ``--image-size`` must be the victim's task and
+    input size. One :class:`utils.UserError` for an owner's flag over HTTP (``--victim-checkpoint``,
     ``--victimtype``), a service that answers an encoder, or a flag the card contradicts.
     """
-    from client import open_http_victim
-    from utils import UserError
-
-    attacker_flags = {"dataset": None, "arch": None, "width": None, "stem": None}  # checked here, or the attacker's
-    connection, record = open_http_victim({**config, **attacker_flags}, output=config["victim_output"],
-                                          owner_flags=SERVED_OWNER_FLAGS)
-    card, url = connection.info, config["victim_url"]
+    victim = open_victim(config, output=config["victim_output"], kind="classifier", device=device,
+                         owner_flags=SERVED_OWNER_FLAGS, card_flags={})
+    card, where = victim.card, victim.description
     if "task" not in card:
-        raise UserError(f"the service at {url} answers an encoder, not a classifier; serve one with "
+        raise UserError(f"the service {where} answers an encoder, not a classifier; serve one with "
                         f"`serve.py --victimtype supervised` (or `serve.py --outputs probabilities ...`)")
     if config.get("dataset") not in (None, card["task"]):
-        raise UserError(f"--dataset {config['dataset']} differs from the task of the classifier served at {url} "
+        raise UserError(f"--dataset {config['dataset']} differs from the task of the classifier {where} "
                         f"({card['task']}); drop --dataset")
     if config.get("image_size") not in (None, int(card["input_size"])):
-        raise UserError(f"--image-size {config['image_size']} differs from the input size of the classifier served "
-                        f"at {url} ({card['input_size']}); drop --image-size (the attacker queries at the victim's size)")
-    return connection, record
+        raise UserError(f"--image-size {config['image_size']} differs from the input size of the classifier {where} "
+                        f"({card['input_size']}); drop --image-size (the attacker queries at the victim's size)")
+    return victim
 
 
-def image_keys(images: torch.Tensor) -> list[str]:
-    """Each image's key as it travels to a served victim: the SHA-256 of its uint8 bytes, so that
-    identical images are one query (``extraction.ServedClassifier`` keys its queries the same way)."""
-    import hashlib
+def check_budget(victim: OpenVictim, n: int, n_eval: int, pool_size: int, holdout: int) -> None:
+    """Stop before the first query when the account(s) cannot pay for the distillation (``n``) and
+    the measurement of the victim (``n_eval``: 0 when the owner measures its own classifier)."""
+    left = service_remaining(victim.connection)
+    if left is not None and left < n + n_eval:
+        raise QueryBudgetExceeded(
+            f"the victim service has {left} queries left on this run's account(s), fewer than the {n + n_eval} "
+            f"this run needs ({n} for the distillation, round(--query-fraction x {pool_size}), and {n_eval} to "
+            f"measure the victim on the {holdout} held-out images); lower --query-fraction or --holdout, "
+            f"or use an account with a larger budget (serve.py accounts create NAME --budget N)")
 
-    from client import wire_images
 
-    return [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in wire_images(images).cpu()]
+def attacker_encoder(config: dict, pool, pinfo, device: torch.device, logger) -> nn.Module:
+    """The attacker's encoder: pre-trained on the whole unlabeled pool (no queries), or fresh."""
+    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=pinfo.mean,
+                            std=pinfo.std)
+    if config["pretrain"] == "none":
+        return encoder
+    path = pretrain_run(config, encoder, pool, ckpt_path=config["pretrained"], device=device, logger=logger)
+    encoder, _, ckpt = load_encoder(path, arch=config["arch"], width=config["width"], stem=config["stem"])
+    if ckpt.get("kind") != "pretrained" or ckpt.get("method") != config["pretrain"]:
+        raise UserError(f"{path} is not a {config['pretrain']} pre-training checkpoint (it holds "
+                        f"{ckpt.get('kind', 'unknown')} {ckpt.get('method', '')}); pass the right --pretrained")
+    if ckpt.get("epoch") != (ckpt.get("config") or {}).get("pretrain_epochs"):
+        raise UserError(f"{path} stopped at epoch {ckpt.get('epoch')}; finish it first "
+                        f"(sslextract.py --pretrain {config['pretrain']} --pretrain-only)")
+    return encoder
 
 
-def run(config: dict, *, logger=None, served: Optional[tuple] = None) -> dict:
-    """The whole study cell from ``sslextract.py``'s resolved flags: the owner's classifier behind a
-    :class:`victim.VictimService` (or, with ``--victim-url``, a classifier served by ``serve.py``;
-    ``served`` is an already open ``(connection, record)`` from :func:`open_served_classifier`),
-    the attacker's pre-trained (or fresh) encoder, distillation on ``query_fraction`` of the pool
-    through a budgeted :class:`client.QueryClient`, and the metrics on the held-out images.
-    Returns the result record (also written to ``results.json``).
+def distill(config: dict, model: Distiller, client: QueryClient, queried, *, num_classes: int, run_dir,
+            logger, device: torch.device) -> None:
+    """Distil the victim's answers on the ``queried`` images into ``model`` in the one training loop,
+    checkpointing about 20 times in ``run_dir``."""
+    epochs, size, n = config["epochs"], config["image_size"], config["num_queries"]
+    optimizer = distill_optimizer(model, lr_head=config["lr_head"], lr_encoder=config["lr_encoder"],
+                                  weight_decay=config["weight_decay"])
+    augment = None
+    if config["distill_crop_min_scale"] < 1.0:
+        augment = SimCLRAugment(size, crop_scale=(config["distill_crop_min_scale"], 1.0), flip_p=config["hflip_p"],
+                                jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    step = distill_step(model, client, image_source(queried, device), config["victim_output"],
+                        config["distill_temperature"], augment=augment)
+    batches, steps = even_batches(n, config["batch_size"])
+    every = max(1, epochs // 20)  # the short runs of many epochs (1% of the pool) keep ~20 checkpoints
 
-    Over HTTP the victim's side of the metrics is bought too: its answers (``victim_output``) on
-    each distinct held-out image, once, after the distillation (``evaluation_queries`` in the
-    record); the run needs ``round(fraction x pool)`` plus that many queries, and stops before its
-    first query when the account's ``/v1/usage`` cannot cover them. The victim's top-1, its top-5
-    and the agreement come from those answers (identical to the owner's logits for every output
-    but ``labels``, whose top-5 is not measurable and is recorded as ``None``)."""
-    import json
+    def save(state: dict) -> None:
+        client.end_epoch(state["epoch"])
+        if state["epoch"] % every and state["epoch"] != epochs:
+            return
+        save_checkpoint(run_dir / "checkpoint.pt", encoder=model.encoder, head=model.head,
+                        head_kwargs={"dims": [model.encoder.out_dim, num_classes]}, kind="stolen-classifier",
+                        dataset=config["dataset"], config=config, queries_used=client.queries_used, **state)
 
-    from client import QueryClient
-    from data_aug import SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
-    from errors import QueryBudgetExceeded
-    from extraction import ServedClassifier, fit_victim_classifier, open_victim, setup
-    from models import build_encoder, load_encoder, save_checkpoint
-    from pretrain import pretrain_run
-    from simclr import Precision, fit
-    from utils import UserError, atomic_write_text, get_logger, prepare_run_dir, write_config
-    from victim import ClassifierBackend, VictimService
+    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[model], optimizer=optimizer, epochs=epochs,
+        base_lr=config["lr_head"], seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir,
+        logger=logger, desc=f"distill {config['pretrain']}", tensorboard=False)
 
-    over_http = bool(config.get("victim_url"))
-    if over_http:  # the attacker knows the service's card, nothing more
-        device = setup(config)
-        connection, victim_record = served or open_served_classifier(config)
-        card = connection.info
-        task, size = card["task"], int(card["input_size"])
-        config.update(victim_checkpoint=config["victim_url"], victimtype=None, dataset=task, image_size=size,
-                      api_key=victim_record["api_key"],  # never the keys themselves in config.yaml or checkpoints
-                      victim_card={key: card.get(key) for key in ("dataset", "arch", "width", "stem", "classes")},
-                      defenses=victim_record["defenses"])
-    else:
-        config["victimtype"] = config.get("victimtype") or "supervised"
-        device, loaded = open_victim(config)
-        task, size = loaded.dataset, loaded.image_size
-        if config.get("image_size") not in (None, size):
-            raise UserError(f"--image-size {config['image_size']} differs from the victim's input size {size}; "
-                            f"drop --image-size (the attacker queries at the victim's size)")
-        config.update(victim_checkpoint=str(loaded.path), dataset=task, image_size=size)
+
+def measure_victim(scores: VictimScores, x_eval: torch.Tensor, y_eval: torch.Tensor, output: str) -> tuple:
+    """The victim's answers on the held-out images and its top-1 and top-5 (``None`` when only its
+    bought labels are known: one-hot answers rank only the predicted class)."""
+    answers = torch.cat([scores(x_eval[i:i + 512]).float().cpu() for i in range(0, len(x_eval), 512)])
+    if scores.bought and output == "labels":
+        return answers, accuracy(answers, y_eval, topk=(1,))[0], None
+    top1, top5 = accuracy(answers, y_eval, topk=(1, 5))
+    return answers, top1, top5
+
+
+def run(config: dict, victim: OpenVictim, device: torch.device, *, logger=None) -> dict:
+    """The whole study cell from ``sslextract.py``'s resolved flags, on an open victim classifier
+    (:func:`open_classifier`): the attacker's pre-trained (or fresh) encoder, distillation on
+    ``query_fraction`` of the pool through a budgeted :class:`client.QueryClient`, and the metrics
+    on the held-out images. Returns the result record (also written to ``results.json``).
+
+    The victim's side of the metrics is the owner's own classifier in this process; over HTTP it is
+    bought: its answers (``victim_output``) on each distinct held-out image, once, after the
+    distillation (``evaluation_queries`` in the record); the run needs ``round(fraction x pool)``
+    plus that many queries, and stops before its first query when the account's ``/v1/usage``
+    cannot cover them. The victim's top-1, its top-5 and the agreement come from those answers
+    (identical to the owner's logits for every output but ``labels``, whose top-5 is not
+    measurable and is recorded as ``None``)."""
+    card = victim.card
+    task, size = card["task"], int(card["input_size"])
+    config.update(victim_checkpoint=victim.record["victim_checkpoint"], victimtype=victim.record.get("victimtype"),
+                  dataset=task, image_size=size, **victim.served_entries)
     info = dataset_info(task)
     if not info.num_classes:
         raise UserError(f"{task} has no labels, so its victim has no classifier to extract; use a labelled dataset")
-    if over_http and int(card.get("classes") or info.num_classes) != info.num_classes:
-        raise UserError(f"the classifier served at {config['victim_url']} answers {card['classes']} classes, but "
+    if int(card.get("classes") or info.num_classes) != info.num_classes:
+        raise UserError(f"the classifier {victim.description} answers {card['classes']} classes, but "
                         f"its task {task} has {info.num_classes}")
     train = get_dataset(task, info.train_split, root=config["data"], image_size=size)
     evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
@@ -300,102 +333,34 @@ def run(config: dict, *, logger=None, served: Optional[tuple] = None) -> dict:
                                                 cap=config["max_epochs"])
     config.update(num_queries=n, epochs=epochs)
     x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels
-    if over_http:  # the distillation and the measurement of the victim, paid for before the first query
-        from client import service_remaining
-
-        n_eval = len(set(image_keys(evaluation.images)))
-        left = service_remaining(connection)
-        if left is not None and left < n + n_eval:
-            raise QueryBudgetExceeded(
-                f"the victim service has {left} queries left on this run's account(s), fewer than the {n + n_eval} "
-                f"this run needs ({n} for the distillation, round(--query-fraction x {len(pool)}), and {n_eval} to "
-                f"measure the victim on the {len(evaluation)} held-out images); lower --query-fraction or --holdout, "
-                f"or use an account with a larger budget (serve.py accounts create NAME --budget N)")
+    scores = VictimScores(victim)
+    check_budget(victim, n, scores.cost(evaluation.images), len(pool), len(evaluation))
     run_dir = prepare_run_dir(config["logdir"])
     if (run_dir / "results.json").exists() and not config["clear"]:
         raise UserError(f"{run_dir} already holds results; pass --clear or another --logdir")
     write_config(run_dir, config)
     logger = logger or get_logger(run_dir)
-
-    if over_http:
-        client = QueryClient(connection, budget=n, log_path=run_dir / "queries.jsonl")
-        logger.info(f"victim classifier: served at {config['victim_url']} ({task}, {card.get('classes')} classes); "
-                    f"it answers {config['victim_output']}")
-    else:
-        # the owner: its classifier, answering config["victim_output"] with exact accounting (built as
-        # serve.py builds it, leaving the random state as it found it)
-        victim_clf, described, _ = fit_victim_classifier(loaded, config["victimtype"], task, data=config["data"],
-                                                         seed=config["seed"], device=device)
-        with torch.no_grad():
-            victim_answers = torch.cat([victim_clf(x_eval[i:i + 512]).float().cpu()
-                                        for i in range(0, len(x_eval), 512)])
-        victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1, 5))
-        logger.info(f"victim classifier ({described}, {task}): top-1 {victim_top1:.2f}% top-5 {victim_top5:.2f}% "
-                    f"on {len(y_eval)} held-out images; it answers {config['victim_output']}")
-        service = VictimService(ClassifierBackend(victim_clf, info.num_classes, device=device),
-                                answers=config["victim_output"], info={"dataset": task, "input_size": size})
-        client = QueryClient(service.connect("attacker"), budget=n, log_path=run_dir / "queries.jsonl")
-
-    # the attacker's encoder: pre-trained on the whole unlabeled pool (no queries), or fresh
-    encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=pinfo.mean,
-                            std=pinfo.std)
-    if config["pretrain"] != "none":
-        path = pretrain_run(config, encoder, pool, ckpt_path=config["pretrained"], device=device, logger=logger)
-        encoder, _, ckpt = load_encoder(path, arch=config["arch"], width=config["width"], stem=config["stem"])
-        if ckpt.get("kind") != "pretrained" or ckpt.get("method") != config["pretrain"]:
-            raise UserError(f"{path} is not a {config['pretrain']} pre-training checkpoint (it holds "
-                            f"{ckpt.get('kind', 'unknown')} {ckpt.get('method', '')}); pass the right --pretrained")
-        if ckpt.get("epoch") != (ckpt.get("config") or {}).get("pretrain_epochs"):
-            raise UserError(f"{path} stopped at epoch {ckpt.get('epoch')}; finish it first "
-                            f"(sslextract.py --pretrain {config['pretrain']} --pretrain-only)")
-    model = Distiller(encoder, info.num_classes).to(device)
-    optimizer = distill_optimizer(model, lr_head=config["lr_head"], lr_encoder=config["lr_encoder"],
-                                  weight_decay=config["weight_decay"])
-
+    client = QueryClient(victim.connection, budget=n, log_path=run_dir / "queries.jsonl")
+    logger.info(f"victim classifier: {victim.description} ({task}, {card.get('classes')} classes); "
+                f"it answers {config['victim_output']}")
+    model = Distiller(attacker_encoder(config, pool, pinfo, device, logger), info.num_classes).to(device)
     queried = pool.subset(query_indices(len(pool), n, config["seed"]).tolist())
-    images_fn = image_source(queried, device)
-    augment = None
-    if config["distill_crop_min_scale"] < 1.0:
-        augment = SimCLRAugment(size, crop_scale=(config["distill_crop_min_scale"], 1.0), flip_p=config["hflip_p"],
-                                jitter_p=0.0, gray_p=0.0, blur_p=0.0)
-    step = distill_step(model, client, images_fn, config["victim_output"],
-                        config["distill_temperature"], augment=augment)
-    batches, steps = even_batches(n, config["batch_size"])
     logger.info(f"distillation: {config['pretrain']} encoder + linear head on {n} queries "
                 f"({100 * config['query_fraction']:g}% of {len(pool)} {pool_name} images), {epochs} epochs, "
                 f"lr head {config['lr_head']:g} encoder {config['lr_encoder']:g}")
-
-    every = max(1, epochs // 20)  # the short runs of many epochs (1% of the pool) keep ~20 checkpoints
-
-    def save(state: dict) -> None:
-        client.end_epoch(state["epoch"])
-        if state["epoch"] % every and state["epoch"] != epochs:
-            return
-        save_checkpoint(run_dir / "checkpoint.pt", encoder=model.encoder, head=model.head,
-                        head_kwargs={"dims": [encoder.out_dim, info.num_classes]}, kind="stolen-classifier",
-                        dataset=task, config=config, queries_used=client.queries_used, **state)
-
-    fit(step=step, batches=batches, steps_per_epoch=steps, modules=[model], optimizer=optimizer, epochs=epochs,
-        base_lr=config["lr_head"], seed=config["seed"], precision=Precision(device), save=save, run_dir=run_dir,
-        logger=logger, desc=f"distill {config['pretrain']}", tensorboard=False)
-    if over_http:  # the victim's side of the metrics, bought after the distillation: each held-out image once
-        measure = QueryClient(connection)
-        victim_of = ServedClassifier(measure)
-        victim_answers = torch.cat([victim_of(x_eval[i:i + 512]).float().cpu() for i in range(0, len(x_eval), 512)])
-        if config["victim_output"] == "labels":  # one-hot answers rank only the predicted class
-            victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1,))[0], None
-        else:
-            victim_top1, victim_top5 = accuracy(victim_answers, y_eval, topk=(1, 5))
-        logger.info(f"victim classifier (served at {config['victim_url']}, {task}): top-1 {victim_top1:.2f}%"
-                    + ("" if victim_top5 is None else f" top-5 {victim_top5:.2f}%")
-                    + f" on {len(y_eval)} held-out images, measured with {measure.queries_used} queries")
+    distill(config, model, client, queried, num_classes=info.num_classes, run_dir=run_dir, logger=logger,
+            device=device)
+    victim_answers, victim_top1, victim_top5 = measure_victim(scores, x_eval, y_eval, config["victim_output"])
+    logger.info(f"victim classifier ({victim.description}, {task}): top-1 {victim_top1:.2f}%"
+                + ("" if victim_top5 is None else f" top-5 {victim_top5:.2f}%")
+                + f" on {len(y_eval)} held-out images, measured with {scores.queries_used} queries")
     metrics = fidelity_and_accuracy(model, x_eval, y_eval, victim_answers)
     record = {"pretrain": config["pretrain"], "query_fraction": config["query_fraction"],
               "queries": client.queries_used,
               "pool": len(pool), "victim_output": config["victim_output"], "epochs": epochs,
               "metrics": metrics, "victim": {"top1": victim_top1, "top5": victim_top5}, "n_test": len(y_eval),
               "seed": config["seed"], "run_dir": str(run_dir)}
-    if over_http:
-        record["evaluation_queries"] = measure.queries_used
+    if scores.bought:
+        record["evaluation_queries"] = scores.queries_used
     atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
     return record

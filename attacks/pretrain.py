@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attack import SimSiamStealer
-from data_aug import NViews, to_float
+from attacks.encoder import SimSiamStealer
+from data_aug import NViews, SimCLRAugment, to_float
 from loss import symmetrized
-from models import build_mlp
-
+from models import build_mlp, load_checkpoint, load_state_dict_strict, save_checkpoint
+from models.checkpoint import encoder_kwargs
+from simclr import Precision, epoch_batches, fit
+from utils import UserError, write_config
 
 # ----------------------------------------------------------------------------- MoCo
 
@@ -254,12 +256,6 @@ def pretrain_run(config: dict, encoder: nn.Module, pool, *, ckpt_path, device: t
     (epochs, batch size, lr, optimizer, weight decay), ``crop_min_scale``, ``hflip_p``, the
     MoCo flags (``moco_dim``, ``moco_k``, ``moco_m``, ``moco_t``), ``seed``, ``workers``, ``amp``.
     """
-    from data_aug import SimCLRAugment
-    from models import load_checkpoint, load_state_dict_strict, save_checkpoint
-    from models.checkpoint import encoder_kwargs
-    from simclr import Precision, epoch_batches, fit
-    from utils import UserError, write_config
-
     method, ckpt_path = config["pretrain"], Path(ckpt_path)
     run_dir = ckpt_path.parent
     if method == "none":

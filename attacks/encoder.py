@@ -19,20 +19,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client import QueryClient
+from attacks.client import QueryClient
 from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, rotate, split_holdout, to_float
-from errors import UserError
+from engine.optim import make_optimizer
 from loss import LOSSES, SPECS, info_nce_views, mse, softnn
 from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
-from simclr import Precision, fit
-from utils import accuracy, atomic_path, prepare_run_dir
-from utils import defaults_epilog as utils_defaults_epilog
+from simclr import Precision, fit, precision_from_flags
+from utils import UserError, accuracy, atomic_path, prepare_run_dir
 
 # Defaults that depend on the scale and on the loss, applied in this order: the scale's base,
 # then the loss's overrides; a value typed on the command line always wins. "paper" follows
@@ -67,11 +66,6 @@ def loss_defaults(scale: str, losstype: str) -> dict:
     return {**table["*"], "n_views": SPECS[losstype].views, **table.get(losstype, {})}
 
 
-def defaults_epilog() -> str:
-    two = [n for n, s in SPECS.items() if s.views > 1]
-    return utils_defaults_epilog(STEAL_DEFAULTS, [f"  n_views: 2 for {', '.join(two)} (the loss table), else 1"])
-
-
 def resolve_defaults(config: dict, scale: str) -> dict:
     """A copy of ``config`` with the by-scale / by-loss defaults that were not typed filled in."""
     config = dict(config, scale=scale)
@@ -98,16 +92,22 @@ def resolve_defaults(config: dict, scale: str) -> dict:
 # --------------------------------------------------------------------------- query sets
 
 
-def query_pool(dataset: str, image_size: int, *, datasetsteal: Optional[str] = None, force: bool = False,
-               holdout: Optional[int] = None, data: Optional[str] = None) -> tuple[ImageSet, Optional[int]]:
+def query_pool(dataset: str, image_size: Optional[int], *, datasetsteal: Optional[str] = None, force: bool = False,
+               holdout: Optional[int] = None, data: Optional[str] = None,
+               split: Optional[str] = None) -> tuple[ImageSet, Optional[int]]:
     """All images the attacker may query, and the holdout kept out of them (``None`` if none).
 
     As the reference: stealing with the victim's own dataset uses its test split without its
     last images (the linear probe's evaluation set) unless ``force``; another dataset uses
     its train split (for STL10 its 100k unlabeled split, ``DatasetInfo.query_split``).
+    ``split`` (``"query"`` or ``"test"``) picks the split outright, holding nothing out (the
+    ImageNet path: ``--useval``); ``image_size=None`` keeps the images at their native size.
     """
     steal_name = datasetsteal or dataset
     info = dataset_info(steal_name)
+    if split is not None:
+        chosen = info.test_split if split == "test" else info.query_split
+        return get_dataset(steal_name, chosen, root=data, image_size=image_size), None
     if steal_name == dataset and not force:
         test = get_dataset(steal_name, info.test_split, root=data, image_size=image_size)
         pool, evaluation = split_holdout(test, holdout)
@@ -210,22 +210,6 @@ def image_batches(n: int, batch_size: int):
     return batches, steps
 
 
-def make_optimizer(config: dict, params) -> torch.optim.Optimizer:
-    """Adam, or SGD with ``--momentum`` (0.9 unless given), from the config's flags."""
-    if config["optimizer"] == "sgd":
-        momentum = config.get("momentum")
-        return torch.optim.SGD(params, lr=config["lr"], momentum=0.9 if momentum is None else momentum,
-                               weight_decay=config["weight_decay"])
-    return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
-
-
-def precision_of(config: dict, device: torch.device) -> Precision:
-    """Mixed precision for the attacker's training: ``--fp16-precision`` turns on float16 autocast
-    and a GradScaler on CUDA (the reference made a GradScaler without autocast, i.e. no effect);
-    off on CPU and by default, so that stealing numbers do not depend on it."""
-    return Precision(device, enabled=bool(config.get("fp16_precision")))
-
-
 def check_loss_inputs(losstype: str, n_views: int, labels: torch.Tensor) -> None:
     """One-sentence errors for a loss that cannot run on these queries (from the loss table)."""
     spec = SPECS[losstype]
@@ -241,7 +225,8 @@ def check_loss_inputs(losstype: str, n_views: int, labels: torch.Tensor) -> None
 # and 512-512-512 predictor (SimSiam's own recipe has a 4x bottleneck); small = a 2-layer
 # projector and a d -> d/4 -> d predictor, the cpu-scale default (fewer parameters to fit from
 # a few hundred queries)
-SIMSIAM_HEADS = {"reference": {"projector_layers": 3, "bottleneck": 1}, "small": {"projector_layers": 2, "bottleneck": 4}}
+SIMSIAM_HEADS = {"reference": {"projector_layers": 3, "bottleneck": 1},
+                 "small": {"projector_layers": 2, "bottleneck": 4}}
 
 
 class SimSiamStealer(nn.Module):
@@ -339,7 +324,7 @@ def steal_encoder(config: dict, connection, run_dir: Path, logger: logging.Logge
 
     fit(step=step, batches=batches, steps_per_epoch=steps_per_epoch, modules=[model],
         optimizer=make_optimizer(config, model.parameters()), epochs=config["epochs"], base_lr=config["lr"],
-        seed=config["seed"], precision=precision_of(config, device), save=save, run_dir=run_dir, logger=logger,
+        seed=config["seed"], precision=precision_from_flags(config, device), save=save, run_dir=run_dir, logger=logger,
         desc="steal", log_every_n_steps=config.get("log_every_n_steps") or 50)
     logger.info(f"{client.queries_used} queries used of {config['num_queries']}; requests to the victim: "
                 f"{client.requests}; stolen checkpoint: {ckpt_path}")
@@ -362,6 +347,92 @@ def head_loss(name: str, out: torch.Tensor, views: int, target: torch.Tensor | N
 HEAD_LOSSES = ("infonce", "softnn", "mse", "msewithhead")
 
 
+# ``batches(epoch, generator)`` for simclr.fit: one epoch's batches of image indices (:func:`image_batches`)
+Batches = Callable[[int, torch.Generator], Iterable[torch.Tensor]]
+
+
+def _head_answers(client: QueryClient, views: QueryViews, d: int, with_head: bool):
+    """``answers(idx)`` -> (inputs, representations h, true head outputs g(h) or ``None``, labels)
+    of the image indices ``idx``, asked through ``client`` (each view billed once)."""
+
+    def answers(idx: torch.Tensor):
+        x, keys, labels = views.rows(idx)
+        out = client.query(x, keys=keys)
+        return x, out[:, :d], (out[:, d:] if with_head else None), labels
+
+    return answers
+
+
+def _recreate_head(config: dict, answers, *, d: int, n_images: int, n_views: int, batches: Batches, steps: int,
+                   precision: Precision, client: QueryClient, run_dir: Path, logger: logging.Logger,
+                   device: torch.device, saved_head: Optional[dict]) -> tuple[nn.Module, dict]:
+    """Phase 1 of Algorithm 2: the recreated head g' (frozen) and its ``build_mlp`` keywords.
+
+    g' is fitted to ``answers`` under ``--losshead`` and saved to ``run_dir/head/head.pt``, or
+    loaded from ``saved_head`` (``--resume True``).
+    """
+    head_kwargs = {"dims": simclr_head_dims(d, config["out_dim"])}
+    head = build_mlp(**head_kwargs).to(device)
+    head_path = prepare_run_dir(run_dir / "head") / "head.pt"
+
+    def head_step(idx: torch.Tensor, generator: torch.Generator):
+        _, h, target, _ = answers(idx)
+        return head_loss(config["losshead"], head(h), n_views, target, config), {}, h.shape[0]
+
+    if saved_head is not None:
+        if saved_head.get("kwargs") != head_kwargs:
+            raise UserError(f"the saved head is {saved_head.get('kwargs')}, not the {head_kwargs} these flags ask "
+                            f"for; use --resume False or the original --out_dim")
+        head.load_state_dict(saved_head["state_dict"])
+        logger.info("recreated head loaded from an earlier run (--resume True)")
+    else:
+        logger.info(f"recreating the victim's head ({d} -> {config['out_dim']}) with {config['losshead']} on "
+                    f"{n_images} images x {n_views} views ({config['num_queries']} queries), "
+                    f"{config['epochs_head']} epochs")
+        fit(step=head_step, batches=batches, steps_per_epoch=steps, modules=[head],
+            optimizer=torch.optim.Adam(head.parameters(), lr=config["lrhead"], weight_decay=config["weight_decay"]),
+            epochs=config["epochs_head"], base_lr=config["lrhead"], seed=config["seed"], precision=precision,
+            save=lambda state: client.end_epoch(state["epoch"]), run_dir=head_path.parent,
+            logger=logger, desc="head", tensorboard=False)
+        with atomic_path(head_path) as tmp:
+            torch.save({"kwargs": head_kwargs, "state_dict": head.state_dict(), "losshead": config["losshead"]}, tmp)
+    head.eval().requires_grad_(False)
+    return head, head_kwargs
+
+
+def _steal_through_head(config: dict, info: dict, answers, head: nn.Module, head_kwargs: dict, *, query_dataset: str,
+                        n_views: int, batches: Batches, steps: int, precision: Precision, client: QueryClient,
+                        ckpt_path: Path, run_dir: Path, logger: logging.Logger, device: torch.device) -> None:
+    """Phase 2 of Algorithm 2: train a stolen encoder and head towards g' of the victim's answers,
+    writing ``ckpt_path`` (with g') after every epoch."""
+    stolen = stolen_encoder(config, info, query_dataset)
+    stolen_head_kwargs = {"dims": simclr_head_dims(stolen.out_dim, config["out_dim"])}
+    stolen_head = build_mlp(**stolen_head_kwargs)
+    model = nn.Sequential(stolen, stolen_head).to(device)
+    spec = SPECS[config["losstype"]]
+    loss_fn, hparams = LOSSES[config["losstype"]], spec.hparams(config)
+
+    def steal_step(idx: torch.Tensor, generator: torch.Generator):
+        x, h, _, labels = answers(idx)
+        with torch.no_grad():
+            q = head(h)
+        return loss_fn(model(x), q, **hparams, **spec.batch_kwargs(n_views, labels)), {}, x.shape[0]
+
+    def save(state: dict) -> None:
+        client.end_epoch(config["epochs_head"] + state["epoch"])
+        save_checkpoint(ckpt_path, encoder=stolen, head=stolen_head, head_kwargs=stolen_head_kwargs, kind="stolen",
+                        attack="recreate-head", dataset=info["dataset"], config=config,
+                        queries_used=client.queries_used, victim_forward_calls=client.requests,
+                        recreated_head={"kwargs": head_kwargs, "state_dict": head.state_dict()}, **state)
+
+    logger.info(f"stealing through g' with {config['losstype']}: stolen {stolen.arch} width {stolen.width}, "
+                f"{config['optimizer']} lr {config['lr']:g}, {config['epochs']} epochs")
+    fit(step=steal_step, batches=batches, steps_per_epoch=steps, modules=[model],
+        optimizer=make_optimizer(config, model.parameters()), epochs=config["epochs"], base_lr=config["lr"],
+        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, desc="steal",
+        log_every_n_steps=config.get("log_every_n_steps") or 50)
+
+
 def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger: logging.Logger,
                                  device: torch.device, saved_head: Optional[dict] = None) -> dict:
     """Algorithm 2: recreate the victim's head g' from two views' answers, then steal through it.
@@ -381,68 +452,16 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
     views = QueryViews.build(images, config["n_views"], config["seed"], device,
                              view_augment(config, info["input_size"]), config.get("query_aug"))
     batches, steps = image_batches(views.n, config["batch_size"])
-    precision = precision_of(config, device)
-
-    def answers(idx: torch.Tensor):
-        x, keys, labels = views.rows(idx)
-        out = client.query(x, keys=keys)
-        return x, out[:, :d], (out[:, d:] if with_head else None), labels
-
-    # ---- phase 1: recreate the head g' on the answers (or load it: --resume True)
-    head_kwargs = {"dims": simclr_head_dims(d, config["out_dim"])}
-    head = build_mlp(**head_kwargs).to(device)
-    head_path = prepare_run_dir(run_dir / "head") / "head.pt"
-
-    def head_step(idx: torch.Tensor, generator: torch.Generator):
-        _, h, target, _ = answers(idx)
-        return head_loss(config["losshead"], head(h), views.n_views, target, config), {}, h.shape[0]
-
-    if saved_head is not None:
-        if saved_head.get("kwargs") != head_kwargs:
-            raise UserError(f"the saved head is {saved_head.get('kwargs')}, not the {head_kwargs} these flags ask "
-                            f"for; use --resume False or the original --out_dim")
-        head.load_state_dict(saved_head["state_dict"])
-        logger.info("recreated head loaded from an earlier run (--resume True)")
-    else:
-        logger.info(f"recreating the victim's head ({d} -> {config['out_dim']}) with {config['losshead']} on "
-                    f"{len(images)} images x {views.n_views} views ({config['num_queries']} queries), "
-                    f"{config['epochs_head']} epochs")
-        fit(step=head_step, batches=batches, steps_per_epoch=steps, modules=[head],
-            optimizer=torch.optim.Adam(head.parameters(), lr=config["lrhead"], weight_decay=config["weight_decay"]),
-            epochs=config["epochs_head"], base_lr=config["lrhead"], seed=config["seed"], precision=precision,
-            save=lambda state: client.end_epoch(state["epoch"]), run_dir=head_path.parent,
-            logger=logger, desc="head", tensorboard=False)
-        with atomic_path(head_path) as tmp:
-            torch.save({"kwargs": head_kwargs, "state_dict": head.state_dict(), "losshead": config["losshead"]}, tmp)
-    head.eval().requires_grad_(False)
-
-    # ---- phase 2: steal through g'
-    stolen = stolen_encoder(config, info, images.name)
-    stolen_head_kwargs = {"dims": simclr_head_dims(stolen.out_dim, config["out_dim"])}
-    stolen_head = build_mlp(**stolen_head_kwargs)
-    model = nn.Sequential(stolen, stolen_head).to(device)
-    spec = SPECS[config["losstype"]]
-    loss_fn, hparams = LOSSES[config["losstype"]], spec.hparams(config)
-
-    def steal_step(idx: torch.Tensor, generator: torch.Generator):
-        x, h, _, labels = answers(idx)
-        with torch.no_grad():
-            q = head(h)
-        return loss_fn(model(x), q, **hparams, **spec.batch_kwargs(views.n_views, labels)), {}, x.shape[0]
-
-    def save(state: dict) -> None:
-        client.end_epoch(config["epochs_head"] + state["epoch"])
-        save_checkpoint(ckpt_path, encoder=stolen, head=stolen_head, head_kwargs=stolen_head_kwargs, kind="stolen",
-                        attack="recreate-head", dataset=info["dataset"], config=config,
-                        queries_used=client.queries_used, victim_forward_calls=client.requests,
-                        recreated_head={"kwargs": head_kwargs, "state_dict": head.state_dict()}, **state)
-
-    logger.info(f"stealing through g' with {config['losstype']}: stolen {stolen.arch} width {stolen.width}, "
-                f"{config['optimizer']} lr {config['lr']:g}, {config['epochs']} epochs")
-    fit(step=steal_step, batches=batches, steps_per_epoch=steps, modules=[model],
-        optimizer=make_optimizer(config, model.parameters()), epochs=config["epochs"], base_lr=config["lr"],
-        seed=config["seed"], precision=precision, save=save, run_dir=run_dir, logger=logger, desc="steal",
-        log_every_n_steps=config.get("log_every_n_steps") or 50)
+    precision = precision_from_flags(config, device)
+    answers = _head_answers(client, views, d, with_head)
+    # phase 1: recreate the head g' on the answers (or load it: --resume True)
+    head, head_kwargs = _recreate_head(config, answers, d=d, n_images=len(images), n_views=views.n_views,
+                                       batches=batches, steps=steps, precision=precision, client=client,
+                                       run_dir=run_dir, logger=logger, device=device, saved_head=saved_head)
+    # phase 2: steal through g'
+    _steal_through_head(config, info, answers, head, head_kwargs, query_dataset=images.name, n_views=views.n_views,
+                        batches=batches, steps=steps, precision=precision, client=client, ckpt_path=ckpt_path,
+                        run_dir=run_dir, logger=logger, device=device)
     logger.info(f"{client.queries_used} queries used of {config['num_queries']}; requests to the victim: "
                 f"{client.requests}; stolen checkpoint: {ckpt_path}")
     return {"checkpoint": ckpt_path, "queries_used": client.queries_used, "requests": client.requests,
@@ -494,8 +513,9 @@ def legitimate_user(config: dict, connection, run_dir: Path, logger: logging.Log
         return F.cross_entropy(net(xtr[idx]), ytr[idx]), {}, len(idx)
 
     fit(step=step, batches=batches, steps_per_epoch=steps, modules=[net], optimizer=optimizer,
-        epochs=config["epochs"], base_lr=config["lrhead"], seed=config["seed"], precision=precision_of(config, device),
-        save=lambda state: None, run_dir=run_dir, logger=logger, desc="legitimate", tensorboard=False)
+        epochs=config["epochs"], base_lr=config["lrhead"], seed=config["seed"],
+        precision=precision_from_flags(config, device), save=lambda state: None, run_dir=run_dir, logger=logger,
+        desc="legitimate", tensorboard=False)
     net.eval()
     with torch.no_grad():
         top1, top5 = accuracy(net(xte), yte, topk=(1, min(5, num_classes)))

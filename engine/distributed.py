@@ -40,7 +40,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from errors import UserError
+from utils import UserError, add_common_args, pick_device
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # how long a collective may wait: long enough for the main process to train a probe alone while the
@@ -157,8 +157,6 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
 def add_job_args(parser: argparse.ArgumentParser) -> None:
     """The distributed flags, then the flags every script shares (``utils.add_common_args``, so call it
     last); ``-j/--workers`` defaults to :func:`default_workers` per process."""
-    from utils import add_common_args
-
     add_distributed_args(parser)
     add_common_args(parser)
     parser.set_defaults(workers=None)
@@ -231,8 +229,6 @@ def from_flags(config: dict) -> Dist:
     ``--world-size N > 1`` without torchrun is one process per machine meeting at ``--dist-url``;
     anything else is a single process on ``--gpu``/``--device``.
     """
-    from utils import pick_device
-
     backend_flag = config.get("dist_backend") or "auto"
     if under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

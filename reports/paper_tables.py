@@ -1,0 +1,423 @@
+"""The paper's main tables in REPORT.md (Tables 1-3, 5, 7-9, the probes and query efficiency):
+records -> rows, claims, markdown and plots.
+
+Reads the probe records that scripts/tables.py appends to ``results/<table>_<scale>.jsonl``.
+Per table: our top-1 as mean ± 95% confidence interval over seeds (Student t), the paper's
+value beside it, the paper's claims checked (:mod:`reports.stats`), and PNG plots with error
+bars (accuracy versus number of queries, loss bars, and the query-efficiency figure).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from reports.stats import FAILS, HOLDS, INCONCLUSIVE, Estimate, all_of, at_least, compare, estimate, save_plot
+
+ROW_NAMES = {"victim": "victim", "random": "random init", "pixels": "raw pixels",
+             "direct": "direct extraction (SoftNN)", "recreate_head": "recreate head",
+             "access_head": "access head (InfoNCE)", "mse": "MSE", "infonce": "InfoNCE", "softnn": "SoftNN",
+             "wasserstein": "Wasserstein", "supcon": "SupCon*", "barlow": "Barlow*", "symmetrized": "SimSiam*"}
+
+
+BASELINES = ("victim", "random", "pixels")
+
+
+IMAGENET_TABLES = ("table3", "table8")
+
+
+IMAGENET_NOTE = {
+    "cpu": "ImageNet path (`stealsimsiam.py`, probe `linsimsiam.py`) on its CPU stand-in: the mnistm5k victim "
+           "re-exported in SimSiam's checkpoint format (so it normalises with ImageNet's statistics), an ImageFolder "
+           "of mnistm5k (`imagenet` = its train split, `imagenetval` = its test split without the 1,000 images "
+           "the probe tests on) and `patches` in place of "
+           "CIFAR10 queries; rows are `<loss>_<queries>_<query set>`.",
+    "paper": "ImageNet path: `stealsimsiam.py` against the published SimSiam ResNet50, probed by `linsimsiam.py`; rows "
+             "are `<loss>_<queries>_<query set>`.",
+}
+
+
+def collect(records: list[dict]) -> dict:
+    """{(table, scale): {row: {column: {seed: top1}}}} from probe records (the last record of
+    a table/row/column/seed wins)."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for r in records:
+        if "table" in r and "row" in r and "top1" in r.get("metrics", {}):
+            column = r.get("column", r.get("dataset_test"))
+            out[(r["table"], r.get("scale", "?"))][r["row"]][column][str(r.get("seed"))] = float(r["metrics"]["top1"])
+    return out
+
+
+def sizes_by_table(records: list[dict], field: str) -> dict:
+    """{(table, scale): sorted values of an integer field}: ``n_test`` (in the metrics; the probe's
+    held-out evaluation set) or ``victim_train_size`` (a record tag)."""
+    out: dict = defaultdict(set)
+    for r in records:
+        value = r.get("metrics", {}).get(field, r.get(field))
+        if "table" in r and value is not None:
+            out[(r["table"], r.get("scale", "?"))].add(int(value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def est(rows: dict, row: str, column: str) -> Estimate | None:
+    return estimate(rows.get(row, {}).get(column, {}).values())
+
+
+def ratio(rows: dict, row: str, column: str) -> Estimate | None:
+    """Stolen accuracy as % of the victim's, paired by seed (victim and attack share a seed)."""
+    stolen, victim = rows.get(row, {}).get(column, {}), rows.get("victim", {}).get(column, {})
+    seeds = sorted(set(stolen) & set(victim))
+    return estimate([100.0 * stolen[s] / victim[s] for s in seeds])
+
+
+def query_rows(rows: dict) -> dict[str, list[tuple[int, str]]]:
+    """{loss: [(queries, row name)]} from rows named <loss>_<queries>."""
+    series: dict = defaultdict(list)
+    for row in rows:
+        loss, _, n = row.rpartition("_")
+        if loss and n.isdigit():
+            series[loss].append((int(n), row))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def first_column(rows: dict) -> str:
+    return next(iter(rows.get("victim") or next(iter(rows.values()))))
+
+
+def _errorbar(ax, xs, estimates, label, **kw):
+    ax.errorbar(xs, [e.mean for e in estimates], yerr=[e.half_width or 0.0 for e in estimates], marker="o",
+                capsize=3, label=label, **kw)
+
+
+def _log_x_at(ax, xs, fmt: str = "{:g}") -> None:
+    """A log x axis labelled at the measured points (not at powers of ten)."""
+    ax.set_xscale("log")
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [fmt.format(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def _band(ax, e: Estimate | None, name: str, style: str) -> None:
+    if e is None:
+        return
+    ax.axhline(e.mean, color="grey", linestyle=style, label=f"{name} {e}")
+    if e.half_width:
+        ax.axhspan(e.low, e.high, color="grey", alpha=0.12)
+
+
+def plot_queries(rows: dict, column: str, title: str, path: Path) -> None:
+    def draw(ax):
+        xs = []
+        for loss, pts in sorted(query_rows(rows).items()):
+            es = [est(rows, row, column) for _, row in pts]
+            keep = [(n, e) for (n, _), e in zip(pts, es) if e is not None]
+            _errorbar(ax, [n for n, _ in keep], [e for _, e in keep], ROW_NAMES.get(loss, loss))
+            xs += [n for n, _ in keep]
+        for row, style in (("victim", "--"), ("random", ":"), ("pixels", "-.")):
+            _band(ax, est(rows, row, column), ROW_NAMES[row], style)
+        _log_x_at(ax, xs)
+        ax.set_xlabel("queries")
+        ax.set_ylabel(f"linear-probe top-1 % on {column}")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+
+    save_plot(path, draw)
+
+
+def plot_bars(rows: dict, column: str, title: str, path: Path) -> None:
+    names = [r for r in ROW_NAMES if r in rows and rows[r].get(column)]
+    ests = [est(rows, r, column) for r in names]
+
+    def draw(ax):
+        colors = ["#555555" if n in BASELINES else "#3b75af" for n in names]
+        ax.bar([ROW_NAMES[n] for n in names], [e.mean for e in ests], color=colors,
+               yerr=[e.half_width or 0.0 for e in ests], capsize=3)
+        for i, e in enumerate(ests):
+            ax.text(i, e.high + 0.8, f"{e.mean:.1f}", ha="center", fontsize=7)
+        ax.set_ylabel(f"top-1 % on {column} (95% CI)")
+        ax.set_title(title, fontsize=9)
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_ha("right")
+            label.set_fontsize(8)
+
+    save_plot(path, draw, size=(6, 3.5))
+
+
+def efficiency_points(rows: dict, column: str, train_size: int) -> dict[str, list[tuple[float, Estimate]]]:
+    """{loss: [(queries / victim training-set size, stolen as % of victim)]}."""
+    out = {}
+    for loss, pts in query_rows(rows).items():
+        series = [(n / train_size, ratio(rows, row, column)) for n, row in pts]
+        out[loss] = [(f, e) for f, e in series if e is not None]
+    return out
+
+
+def plot_efficiency(points: dict, paper_point: dict | None, title: str, path: Path) -> None:
+    def draw(ax):
+        xs = [100 * f for pts in points.values() for f, _ in pts]
+        for loss, pts in sorted(points.items()):
+            _errorbar(ax, [100 * f for f, _ in pts], [e for _, e in pts], ROW_NAMES.get(loss, loss))
+        ax.axhline(95, color="grey", linestyle="--", label="95% of the victim")
+        ax.axvline(10, color="grey", linestyle=":", label="10% of its training set")
+        if paper_point:
+            ax.plot([100 * paper_point["queries"] / paper_point["victim_train_size"]],
+                    [100 * paper_point["stolen"] / paper_point["victim"]], marker="*", markersize=14,
+                    color="crimson", linestyle="none", label="paper: CIFAR10, SoftNN, 9K queries")
+        _log_x_at(ax, xs, "{:.3g}%")
+        ax.set_xlabel("queries as % of the victim's training set")
+        ax.set_ylabel("stolen top-1 as % of the victim's")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+
+    save_plot(path, draw)
+
+
+def _table(data: dict, table: str):
+    for (t, scale), rows in sorted(data.items()):
+        if t == table:
+            return scale, rows
+    return None, None
+
+
+def best_fraction(points: dict, target: float = 95.0) -> tuple[str, float, Estimate] | None:
+    """The smallest query fraction at which a loss's mean reaches ``target`` % of the victim."""
+    hits = [(f, loss, e) for loss, pts in points.items() for f, e in pts if e.mean >= target]
+    if not hits:
+        return None
+    f, loss, e = min(hits, key=lambda h: (h[0], -h[2].mean))
+    return loss, f, e
+
+
+def claims(data: dict, train_sizes: dict) -> list[tuple[str, str, str]]:
+    """The paper's claims (and our benchmark's requirements) checked: (claim, verdict, evidence)."""
+    out = []
+    scale, rows = _table(data, "table2")
+    if rows:
+        col = first_column(rows)
+        v, r, p = (est(rows, k, col) for k in BASELINES)
+        if v and r and p:
+            ok = all_of([compare(estimate([x - 20 for x in v.values]), p),
+                         compare(estimate([x - 25 for x in v.values]), r)])
+            out.append(("Benchmark: the victim is a real SSL encoder (at least 20 points above raw pixels "
+                        "and 25 above a random initialisation)", ok,
+                        f"{col}: victim {v}, raw pixels {p}, random init {r} (means: +{v.mean - p.mean:.1f} over "
+                        f"pixels, +{v.mean - r.mean:.1f} over random)"))
+        stolen = {k: est(rows, k, col) for k in ("mse", "infonce", "softnn") if k in rows}
+        verdicts = [compare(e, r) for e in stolen.values()]
+        out.append(("Stolen encoders are better than a random initialisation (MSE, InfoNCE and SoftNN each)",
+                    all_of(verdicts), f"{col}: random {r}; " + ", ".join(f"{ROW_NAMES[k]} {e}"
+                                                                          for k, e in stolen.items())))
+        copies = {k: est(rows, k, col) for k in rows if k not in BASELINES}
+        above = [k for k, e in copies.items() if compare(e, v) == HOLDS]
+        out.append(("Benchmark: no copy is measurably better than its victim", FAILS if above else HOLDS,
+                    f"{col}: victim {v}; " + (f"above it: {', '.join(ROW_NAMES.get(k, k) for k in above)}"
+                                              if above else
+                                              "every copy's interval reaches the victim's or stays below")))
+        others = [k for k in copies if k != "barlow"]
+        if "barlow" in copies and others:
+            low = min(others, key=lambda k: copies[k].mean)
+            out.append(("Barlow Twins is the worst stealing loss",
+                        all_of([compare(copies[k], copies["barlow"]) for k in others]),
+                        f"{col}: Barlow {copies['barlow']}; next lowest {ROW_NAMES.get(low, low)} {copies[low]}"))
+    scale, rows = _table(data, "table1")
+    if rows and "direct" in rows and "recreate_head" in rows:
+        col = first_column(rows)
+        d, h = est(rows, "direct", col), est(rows, "recreate_head", col)
+        out.append(("Direct extraction is better than recreating the head", compare(d, h),
+                    f"{col}: direct {d} vs recreate head {h}"))
+    else:
+        out.append(("Direct extraction is better than recreating the head", INCONCLUSIVE, "table1 results missing"))
+    scale, rows = _table(data, "table7")
+    if rows:
+        col = first_column(rows)
+        series = query_rows(rows)
+        rising = [compare(est(rows, pts[-1][1], col), est(rows, pts[0][1], col))
+                  for pts in series.values() if len(pts) > 1]
+        out.append(("Accuracy rises with the number of queries (largest query count above the smallest, per loss)",
+                    all_of(rising),
+                    "; ".join(f"{ROW_NAMES.get(k, k)}: " + ", ".join(f"{n}: {est(rows, row, col)}" for n, row in v)
+                              for k, v in series.items())))
+        if "mse" in series and "infonce" in series:
+            m, i = dict(series["mse"]), dict(series["infonce"])
+            ns = sorted(set(m) & set(i))
+            few, many = ns[0], ns[-1]
+            verdict = all_of([compare(est(rows, m[few], col), est(rows, i[few], col)),
+                              compare(est(rows, i[many], col), est(rows, m[many], col))])
+            out.append(("MSE is better with few queries and InfoNCE with many", verdict,
+                        f"{few} queries: MSE {est(rows, m[few], col)} vs InfoNCE {est(rows, i[few], col)}; "
+                        f"{many} queries: MSE {est(rows, m[many], col)} vs InfoNCE {est(rows, i[many], col)}"))
+    else:
+        out.append(("Accuracy rises with the number of queries", INCONCLUSIVE, "table7 results missing"))
+    scale, rows = _table(data, "efficiency")
+    if rows and train_sizes.get(("efficiency", scale)):
+        col = first_column(rows)
+        points = efficiency_points(rows, col, train_sizes[("efficiency", scale)])
+        at10 = [(loss, f, e) for loss, pts in points.items() for f, e in pts if f <= 0.10 + 1e-9]
+        best = max(at10, key=lambda t: t[2].mean) if at10 else None
+        out.append(("Query efficiency: a copy reaches 95% of the victim with queries at most 10% of its "
+                    "training set", at_least(best[2], 95.0) if best else INCONCLUSIVE,
+                    f"{col}: best at ≤10%: {ROW_NAMES.get(best[0], best[0])} at {100 * best[1]:.0f}% of the "
+                    f"training set gives {best[2]}% of the victim" if best else "no run at 10% or fewer"))
+    return out
+
+
+def imagenet_claims(data: dict) -> list[tuple[str, str, str]]:
+    """Tables 3 and 8 (the ImageNet path): copies beat a random encoder, InfoNCE beats MSE with the
+    same queries, more queries help, and the best copy comes close to the victim."""
+    out = []
+    scale, rows = _table(data, "table3")
+    if rows and "victim" in rows and "random" in rows:
+        col = first_column(rows)
+        copies = {k: est(rows, k, col) for k in rows if k not in BASELINES}
+        r = est(rows, "random", col)
+        low = min(copies, key=lambda k: copies[k].mean) if copies else None
+        out.append(("ImageNet path: every copy stolen from the SimSiam victim beats a random initialisation (Table 3)",
+                    all_of([compare(e, r) for e in copies.values()]),
+                    f"{col}: random {r}; lowest copy " + (f"{low} {copies[low]}" if low else "-")))
+        pairs = [(k, "mse" + k[len("infonce"):]) for k in copies if k.startswith("infonce_")]
+        pairs = [(i, m) for i, m in pairs if m in copies]
+        if pairs:
+            diffs = []
+            for i, m in pairs:
+                a, b = rows[i][col], rows[m][col]
+                diffs.append((i, m, estimate([a[k] - b[k] for k in sorted(set(a) & set(b))])))
+            out.append(("Table 3: InfoNCE steals the ImageNet victim better than MSE with the same queries",
+                        all_of([at_least(d, 0.0) for _, _, d in diffs]),
+                        f"{col}, InfoNCE − MSE paired by seed: " + "; ".join(f"{i[len('infonce_'):]} {d}"
+                                                                             for i, _, d in diffs)))
+        v = est(rows, "victim", col)
+        best = max(copies, key=lambda k: copies[k].mean) if copies else None
+        if best and v:
+            share = ratio(rows, best, col)
+            out.append(("ImageNet path: the best copy reaches 90% of the victim's accuracy (the paper: 90.5% vs "
+                        "91.9% on F-MNIST with 200K queries)", at_least(share, 90.0),
+                        f"{col}: victim {v}, {best} {copies[best]} = {share}% of the victim"))
+    scale, rows = _table(data, "table8")
+    series = query_rows(rows or {}).get("infonce", [])
+    if len(series) > 1:
+        col = first_column(rows)
+        (n0, few), (n1, many) = series[0], series[-1]
+        out.append(("Table 8: more queries give a better copy of the ImageNet victim (InfoNCE)",
+                    compare(est(rows, many, col), est(rows, few, col)),
+                    f"{col}: {n0} queries {est(rows, few, col)}, {n1} queries {est(rows, many, col)}"))
+    return out
+
+
+def table_markdown(rows: dict, columns: list[str], paper: dict | None) -> list[str]:
+    pcols = (paper or {}).get("columns", [])
+    head = "| encoder | " + " | ".join(columns) + (" | paper (" + " / ".join(pcols) + ")" if paper else "") + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1 + (1 if paper else 0))]
+    order = [r for r in ROW_NAMES if r in rows] + sorted(r for r in rows if r not in ROW_NAMES)
+    for row in order:
+        cells = [str(est(rows, row, c) or "-") for c in columns]
+        ref = (paper or {}).get("rows", {}).get(row)
+        extra = [" / ".join(f"{v:.1f}" for v in ref) if ref else "-"] if paper else []
+        lines.append(f"| {ROW_NAMES.get(row, row)} | " + " | ".join(cells + extra) + " |")
+    return lines
+
+
+def seeds_of(rows: dict) -> int:
+    return max((len(seeds) for cols in rows.values() for seeds in cols.values()), default=0)
+
+
+def probe_lines(data: dict, scale: str = "cpu", column: str = "mnistm5k") -> list[str]:
+    """Both linear probes on Table 2's models (``scripts/probes.sh``): ours (L-BFGS on standardised
+    features, the table's own records) and the reference's (Adam through the encoder, 100 epochs,
+    train-mode BatchNorm), with their paired difference over seeds."""
+    ref, ours = data.get(("probes", scale)), data.get(("table2", scale))
+    if not ref or not ours:
+        return []
+    lines = ["", f"## Probes: ours (L-BFGS) and the reference's, on Table 2's models ({scale} scale, {column})", "",
+             "Same checkpoints, same test images; the reference probe is `linear_eval.py --probe reference` (Adam, "
+             "100 epochs through the frozen encoder, BatchNorm in train mode, lr 3e-4 for the victim and 1e-4 for "
+             "stolen copies); the difference is paired by seed (mean ± 95% CI).", "",
+             "| encoder | ours (lbfgs) | reference probe | reference − ours |", "|---|---|---|---|"]
+    for row in ("victim", "random", "mse", "infonce", "softnn", "wasserstein", "supcon", "barlow"):
+        a, b = ours.get(row, {}).get(column, {}), ref.get(row, {}).get(column, {})
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        diff = estimate([b[k] - a[k] for k in seeds])
+        lines.append(f"| {ROW_NAMES.get(row, row)} | {estimate([a[k] for k in seeds])} | "
+                     f"{estimate([b[k] for k in seeds])} | {diff} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- sections
+
+MAIN_ORDER = ("efficiency", "table1", "table2", "table3", "table5", "table7", "table8", "table9")
+OTHER_SECTIONS = ("probes",)  # the probe comparison has its own section (probe_lines)
+
+
+def efficiency_section(rows: dict, columns: list[str], ref: dict, train_size: int, png: Path, scale: str) -> list[str]:
+    """The query-efficiency figure and its table: top-1 against the share of the victim's training set."""
+    col = columns[0]
+    points = efficiency_points(rows, col, train_size)
+    plot_efficiency(points, ref.get("point"), f"query efficiency ({scale}) on {col}", png)
+    lines = [f"![query efficiency]({png.name})", "",
+             "| loss | queries | % of the victim's training set | top-1 on " + col
+             + " | % of the victim |", "|---|---|---|---|---|"]
+    for loss, pts in sorted(query_rows(rows).items()):
+        for n, row in pts:
+            lines.append(f"| {ROW_NAMES.get(loss, loss)} | {n} | "
+                         f"{100 * n / train_size:.1f} | {est(rows, row, col) or '-'} | "
+                         f"{ratio(rows, row, col) or '-'} |")
+    best = best_fraction(points)
+    lines += ["", "victim " + " / ".join(str(est(rows, 'victim', c) or '-') for c in columns)
+              + f"; random init {est(rows, 'random', col) or '-'}; raw pixels {est(rows, 'pixels', col) or '-'}"
+              + (f". Fewest queries reaching 95% of the victim (mean): {ROW_NAMES.get(best[0], best[0])} "
+                 f"at {100 * best[1]:.1f}% of the training set ({best[2]}% of the victim)."
+                 if best else ". No loss reached 95% of the victim (mean) at these query counts.")]
+    return lines
+
+
+def queries_section(table: str, scale: str, rows: dict, columns: list[str], ref: dict, png: Path) -> list[str]:
+    """Tables 7-9: accuracy against the number of queries, plotted and tabulated beside the paper."""
+    col = columns[0]
+    plot_queries(rows, col, f"{table} ({scale}): accuracy vs queries on {col} (95% CI)", png)
+    lines = [f"![accuracy versus queries]({png.name})", ""]
+    lines += ["| loss | queries | " + " | ".join(columns) + " | paper (" + " / ".join(ref.get("columns", []))
+              + ") |", "|---|---|" + "---|" * (len(columns) + 1)]
+    for loss, pts in sorted(query_rows(rows).items()):
+        for n, row in pts:
+            cells = [str(est(rows, row, c) or "-") for c in columns]
+            p = ref.get("queries", {}).get(loss, {}).get(n)
+            lines.append(f"| {ROW_NAMES.get(loss, loss)} | {n} | " + " | ".join(cells) + " | "
+                         + (" / ".join(f"{v:.1f}" for v in p) if p else "-") + " |")
+    notes = [f"{ROW_NAMES[b]}: " + " / ".join(str(est(rows, b, c) or "-") for c in columns)
+             for b in BASELINES if b in rows]
+    if ref.get("victim"):
+        notes.append(f"paper victim: {' / '.join(str(v) for v in ref['victim'])}")
+    return lines + ["", "; ".join(notes)]
+
+
+def main_table_sections(data: dict, paper: dict, n_test: dict, train_sizes: dict, out_dir: Path,
+                        skip: tuple = ()) -> list[str]:
+    """One section per main table and scale, in the paper's order; tables in ``skip`` (the other
+    sections' tables) are left to their own modules."""
+    order = {t: i for i, t in enumerate(MAIN_ORDER)}
+    lines: list[str] = []
+    for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
+        if table in skip or table in OTHER_SECTIONS:
+            continue
+        ref = paper.get(table, {})
+        columns = sorted({c for cols in rows.values() for c in cols},
+                         key=lambda c: list(rows.get("victim", {})).index(c) if c in rows.get("victim", {}) else 99)
+        sizes = n_test.get((table, scale))
+        lines += ["", f"## {ref.get('title', table)} — ours at `{scale}` scale", "",
+                  f"{seeds_of(rows)} seed(s); probe test set of {', '.join(f'{n:,}' for n in sizes) if sizes else '?'} "
+                  f"images.", ""]
+        if table in IMAGENET_TABLES:
+            lines += [IMAGENET_NOTE.get(scale, ""), ""]
+        if table == "efficiency" and train_sizes.get((table, scale)):
+            lines += efficiency_section(rows, columns, ref, train_sizes[(table, scale)],
+                                        out_dir / f"{table}_{scale}.png", scale)
+        elif table in ("table7", "table8", "table9"):
+            lines += queries_section(table, scale, rows, columns, ref, out_dir / f"{table}_{scale}_queries.png")
+        else:
+            lines += table_markdown(rows, columns, ref or None)
+            if table in ("table2", "table5"):
+                png = out_dir / f"{table}_{scale}_losses.png"
+                plot_bars(rows, columns[0], f"{table} ({scale}): stolen with each loss, on {columns[0]}", png)
+                lines += ["", f"![loss functions]({png.name})"]
+    return lines
