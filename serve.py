@@ -52,7 +52,7 @@ from service.victim import VICTIM_TYPES, EncoderBackend, VictimService, check_vi
 from utils import HelpFormatter, UserError, apply_numeric_rules, pick_device, run_cli
 
 ENCODER_OUTPUTS = ("representation", "head", "representation+head")
-CLASSIFIER_OUTPUTS = ("probabilities", "logits", "top5", "labels")  # victim.ClassifierBackend's
+CLASSIFIER_OUTPUTS = ("probabilities", "logits", "top5", "labels")  # service.victim.ClassifierBackend's
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
 """Steal a victim encoder through its outputs.
 
-The owner's side loads the victim into a service (``victim.VictimService``, with the
+The owner's side loads the victim into a service (``service.victim.VictimService``, with the
 defenses named by ``--defenses``/``--defence``); the attacker (``attack.steal_encoder``)
-holds only a connection to it, sends images through a ``client.QueryClient`` (counted,
+holds only a connection to it, sends images through a ``attacks.client.QueryClient`` (counted,
 cached, budgeted) and trains a stolen encoder so that its outputs match the answers under
 a chosen loss. The training loop is ``simclr.fit``, shared with victim training.
 

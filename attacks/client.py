@@ -1,7 +1,7 @@
 """The attacker side: a customer's query client (budget, answer cache, query log).
 
 A :class:`QueryClient` wraps a *backend*: anything with ``answer(images) -> answers`` and
-``out_dim`` (and optionally ``info``), e.g. :meth:`victim.VictimService.connect` in this
+``out_dim`` (and optionally ``info``), e.g. :meth:`service.victim.VictimService.connect` in this
 process, or :class:`HTTPConnection` for a victim served by ``serve.py``, without any attack
 changing. It does what a careful paying customer does:
 
@@ -163,9 +163,18 @@ def service_remaining(backend) -> Optional[int]:
     return remaining() if callable(remaining) else None
 
 
+def check_budget(backend, needed: int, needs: str, advice: str) -> None:
+    """Stop before the first query when the account(s) behind ``backend`` cannot pay for the
+    ``needed`` queries a run will spend (``needs`` says on what, ``advice`` what to change)."""
+    left = service_remaining(backend)
+    if left is not None and left < needed:
+        raise QueryBudgetExceeded(f"the victim service has {left} queries left on this run's account(s), fewer "
+                                  f"than the {needed} this run needs ({needs}); {advice}")
+
+
 class HTTPConnection(ProofPayer):
     """A customer's handle on a victim served over HTTP (``serve.py``): the same ``answer(images)``,
-    ``out_dim`` and ``info`` as an in-process :class:`victim.Connection`, so no attack changes.
+    ``out_dim`` and ``info`` as an in-process :class:`service.victim.Connection`, so no attack changes.
 
     ``output`` picks one of the outputs the service offers this account (``/v1/info``'s
     ``outputs``: e.g. ``representation``, ``head`` or ``representation+head`` of an encoder, only
@@ -178,8 +187,8 @@ class HTTPConnection(ProofPayer):
     at most ``max_batch`` per request (the server's ``max_batch`` when its card names one; a larger
     batch is split); answers come back as raw float32 bytes. 429 and 503 are retried with
     exponential backoff (``retries`` times, from ``backoff`` seconds); any other refusal is a
-    :class:`errors.UserError` with the server's sentence (402, an exhausted budget:
-    :class:`errors.QueryBudgetExceeded`). ``requests`` counts the answered calls for the card and
+    :class:`utils.UserError` with the server's sentence (402, an exhausted budget:
+    :class:`utils.QueryBudgetExceeded`). ``requests`` counts the answered calls for the card and
     for answers; reading ``/v1/usage`` is not counted.
     """
 

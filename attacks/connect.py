@@ -62,7 +62,7 @@ def open_http_victim(config: dict, *, output: Optional[str] = None, owner_flags:
     accounts when ``--api-key`` is repeated), answering ``output`` (default: the service's default
     answer), and what to record in config.yaml about it (its published card; the keys redacted).
 
-    One :class:`errors.UserError` when a key is missing, when an owner-side flag (``owner_flags``:
+    One :class:`utils.UserError` when a key is missing, when an owner-side flag (``owner_flags``:
     config key -> flag) is set, when a flag that describes the victim disagrees with the card,
     or when the account may not ask for ``output`` (head outputs need head access).
     """

@@ -1,8 +1,8 @@
 """Classifier extraction by distillation: fine-tune a linear layer plus an encoder on a victim's answers.
 
 The attacker has pre-trained an encoder of its own on its unlabeled pool (``pretrain.py``,
-no queries), then queries a *classifier* victim (:class:`victim.ClassifierBackend` behind a
-:class:`victim.VictimService`) on a fraction of that pool (:func:`query_fraction`) and trains
+no queries), then queries a *classifier* victim (:class:`service.victim.ClassifierBackend` behind a
+:class:`service.victim.VictimService`) on a fraction of that pool (:func:`query_fraction`) and trains
 :class:`Distiller` (encoder + linear head) on the answers in the one training loop
 (:func:`simclr.fit` with :func:`distill_step`), with separate learning rates for the head and
 the encoder (:func:`distill_optimizer`). The loss depends on what the victim answers
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.client import QueryClient, service_remaining
+from attacks.client import QueryClient, check_budget
 from attacks.connect import OpenVictim, VictimScores, open_victim
 from attacks.pretrain import pretrain_run
 from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, split_holdout, to_float
@@ -28,7 +28,7 @@ from loss import softce
 from models import build_encoder, load_encoder, save_checkpoint
 from models.probe import fidelity
 from simclr import Precision, fit
-from utils import QueryBudgetExceeded, UserError, accuracy, atomic_write_text, get_logger, prepare_run_dir, write_config
+from utils import UserError, accuracy, atomic_write_text, get_logger, prepare_run_dir, write_config
 
 DISTILL_KINDS = ("probabilities", "top5", "logits", "labels")
 
@@ -117,7 +117,7 @@ def distill_step(model: nn.Module, client, images_fn: Callable[[torch.Tensor], t
     """A :func:`simclr.fit` step over a fixed query set: ``step(idx, generator) -> (loss, metrics, n)``.
 
     ``idx`` are indices into the query set and ``images_fn(idx)`` its images (float); each index
-    is the query's cache key in ``client`` (a :class:`client.QueryClient`), so the first epoch
+    is the query's cache key in ``client`` (a :class:`attacks.client.QueryClient`), so the first epoch
     queries each image once and later epochs reuse the answers at no cost. ``augment(x, generator)``
     runs after the query (the victim never sees the augmented copies). Metrics: ``agreement``
     (% of the batch where the student's argmax equals the victim's).
@@ -230,18 +230,6 @@ def open_classifier(config: dict, device: torch.device) -> OpenVictim:
     return victim
 
 
-def check_budget(victim: OpenVictim, n: int, n_eval: int, pool_size: int, holdout: int) -> None:
-    """Stop before the first query when the account(s) cannot pay for the distillation (``n``) and
-    the measurement of the victim (``n_eval``: 0 when the owner measures its own classifier)."""
-    left = service_remaining(victim.connection)
-    if left is not None and left < n + n_eval:
-        raise QueryBudgetExceeded(
-            f"the victim service has {left} queries left on this run's account(s), fewer than the {n + n_eval} "
-            f"this run needs ({n} for the distillation, round(--query-fraction x {pool_size}), and {n_eval} to "
-            f"measure the victim on the {holdout} held-out images); lower --query-fraction or --holdout, "
-            f"or use an account with a larger budget (serve.py accounts create NAME --budget N)")
-
-
 def attacker_encoder(config: dict, pool, pinfo, device: torch.device, logger) -> nn.Module:
     """The attacker's encoder: pre-trained on the whole unlabeled pool (no queries), or fresh."""
     encoder = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=pinfo.mean,
@@ -301,7 +289,7 @@ def measure_victim(scores: VictimScores, x_eval: torch.Tensor, y_eval: torch.Ten
 def run(config: dict, victim: OpenVictim, device: torch.device, *, logger=None) -> dict:
     """The whole study cell from ``sslextract.py``'s resolved flags, on an open victim classifier
     (:func:`open_classifier`): the attacker's pre-trained (or fresh) encoder, distillation on
-    ``query_fraction`` of the pool through a budgeted :class:`client.QueryClient`, and the metrics
+    ``query_fraction`` of the pool through a budgeted :class:`attacks.client.QueryClient`, and the metrics
     on the held-out images. Returns the result record (also written to ``results.json``).
 
     The victim's side of the metrics is the owner's own classifier in this process; over HTTP it is
@@ -334,7 +322,12 @@ def run(config: dict, victim: OpenVictim, device: torch.device, *, logger=None) 
     config.update(num_queries=n, epochs=epochs)
     x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels
     scores = VictimScores(victim)
-    check_budget(victim, n, scores.cost(evaluation.images), len(pool), len(evaluation))
+    n_eval = scores.cost(evaluation.images)
+    check_budget(victim.connection, n + n_eval,
+                 f"{n} for the distillation, round(--query-fraction x {len(pool)}), and {n_eval} to measure the "
+                 f"victim on the {len(evaluation)} held-out images",
+                 "lower --query-fraction or --holdout, or use an account with a larger budget "
+                 "(serve.py accounts create NAME --budget N)")
     run_dir = prepare_run_dir(config["logdir"])
     if (run_dir / "results.json").exists() and not config["clear"]:
         raise UserError(f"{run_dir} already holds results; pass --clear or another --logdir")

@@ -1,7 +1,7 @@
 """The attack library: what a customer of an encoder API does to steal (or use) the encoder.
 
 Everything here works through a connection to the victim (``answer(images)``, ``out_dim``,
-``info``) wrapped in a :class:`client.QueryClient`; nothing here opens the victim's checkpoint.
+``info``) wrapped in a :class:`attacks.client.QueryClient`; nothing here opens the victim's checkpoint.
 What the attacker knows comes from its own flags and from what the service publishes
 (``info``: output dimension, input size and format, dataset and architecture as a model card).
 

@@ -2,8 +2,8 @@
 
 The library behind ``knockoff.py``, ``steallabels.py`` and ``extract.py`` (their docstrings
 say what the experiment is): the owner builds a victim *classifier* behind a
-:class:`victim.VictimService` answering labels or logits; the attacker trains its own
-classifier on the answers through a :class:`client.QueryClient`; then accuracy, fidelity and
+:class:`service.victim.VictimService` answering labels or logits; the attacker trains its own
+classifier on the answers through a :class:`attacks.client.QueryClient`; then accuracy, fidelity and
 FGSM transfer are measured. The victim classifier (``--victimtype``) is either a SimCLR-type
 victim encoder with a linear probe fitted on the downstream task (``simclr``), or a
 supervised victim's own classifier, its encoder and the linear layer it was trained with
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.client import QueryClient, service_remaining
+from attacks.client import QueryClient, check_budget
 from attacks.connect import VICTIM_TYPES, OpenVictim, VictimScores, add_http_victim_args, open_victim
 from attacks.distill import distillation_loss
 from attacks.encoder import image_batches, query_pool, query_set
@@ -31,7 +31,6 @@ from models import EncoderWithHead, build_encoder, build_mlp, save_checkpoint
 from simclr import Precision, fit
 from utils import (
     HelpFormatter,
-    QueryBudgetExceeded,
     UserError,
     add_common_args,
     add_reference_args,
@@ -110,7 +109,7 @@ def build_parser(mode: str, output: str, doc: str, *, victimtype: str = "simclr"
     p.add_argument("--num_queries", type=int, default=500, help="query budget (one query per image)")
     p.add_argument("--modeloutput", default=output, choices=["labels", "logits", "probabilities", "top5"],
                    help="what the victim answers: the predicted label, the logits, the softmax probabilities, or "
-                        "the 5 largest probabilities (the rest 0); see victim.ClassifierBackend for what each "
+                        "the 5 largest probabilities (the rest 0); see service.victim.ClassifierBackend for what each "
                         "costs the attacker")
     p.add_argument("--mode", default=mode, choices=["standard", "knockoff"],
                    help="standard: CE on labels with Adam (SGD against a supervised victim, as the reference); "
@@ -177,18 +176,6 @@ def evaluation_queries(n_eval: int, n_eps: int) -> int:
     return n_eval * (1 + 2 * n_eps)
 
 
-def check_budget(victim: OpenVictim, n_attack: int, n_measure: int) -> None:
-    """Stop before the first query when the account(s) cannot pay for the attack and the
-    measurements of the victim (``n_measure``: 0 when the owner measures its own classifier)."""
-    left = service_remaining(victim.connection)
-    if left is not None and left < n_attack + n_measure:
-        raise QueryBudgetExceeded(
-            f"the victim service has {left} queries left on this run's account(s), fewer than the "
-            f"{n_attack + n_measure} this run needs ({n_attack} for the attack, --num_queries, and up to "
-            f"{n_measure} to measure the victim on its evaluation images and their FGSM and noise "
-            f"copies); lower --num_queries, --holdout or --fgsm-eps, or use an account with a larger budget")
-
-
 def prepare_run(config: dict):
     """The run directory (named by mode, output and queries unless --logdir), config.yaml and the log."""
     if config["logdir"] is None:
@@ -239,7 +226,7 @@ def print_results(results: dict, config: dict, run_dir) -> None:
 
 def run(config: dict, victim: OpenVictim, device: torch.device) -> dict:
     """The whole experiment on an open victim classifier (:func:`open_classifier`), from resolved
-    flags (:func:`resolve`): the attack through a budgeted :class:`client.QueryClient`, then the
+    flags (:func:`resolve`): the attack through a budgeted :class:`attacks.client.QueryClient`, then the
     stolen classifier's accuracy, its fidelity to the victim and FGSM transfer. The victim's side
     of the measurements is the owner's own classifier in this process, and is bought through the
     service (after the attack, whose queries the server saw alone) when it is served elsewhere."""
@@ -255,8 +242,11 @@ def run(config: dict, victim: OpenVictim, device: torch.device) -> dict:
     pool, _ = query_pool(task, size, datasetsteal=config["datasetsteal"], holdout=len(evaluation), data=config["data"])
     images = query_set(pool, config["num_queries"], 1)
     scores = VictimScores(victim)
-    check_budget(victim, len(images),
-                 evaluation_queries(len(evaluation), len(config["fgsm_eps"])) if scores.bought else 0)
+    n_measure = evaluation_queries(len(evaluation), len(config["fgsm_eps"])) if scores.bought else 0
+    check_budget(victim.connection, len(images) + n_measure,
+                 f"{len(images)} for the attack, --num_queries, and up to {n_measure} to measure the victim on its "
+                 f"evaluation images and their FGSM and noise copies",
+                 "lower --num_queries, --holdout or --fgsm-eps, or use an account with a larger budget")
     run_dir, logger = prepare_run(config)
     x_eval, y_eval = to_float(evaluation.images).to(device), evaluation.labels.to(device)
     api = QueryClient(victim.connection, budget=config["num_queries"], log_path=run_dir / "queries.jsonl")

@@ -1,8 +1,8 @@
 """The ImageNet-scale attack (paper Tables 3 and 8): steal a SimSiam ResNet50 at 224 px.
 
 ``stealsimsiam.py`` parses the reference's flags and calls :func:`steal`; it runs as one
-process or as many under ``torchrun`` (:mod:`distributed`). The pieces are the project's own:
-the victim interface (``victim.VictimService`` behind a ``client.QueryClient``), the loss table
+process or as many under ``torchrun`` (:mod:`engine.distributed`). The pieces are the project's own:
+the victim interface (``service.victim.VictimService`` behind a ``attacks.client.QueryClient``), the loss table
 (``loss.LOSSES``), the one training loop (``simclr.fit``), the encoders and checkpoints.
 
 How a run goes:
@@ -83,11 +83,11 @@ def query_victim(connection, pool, indices: torch.Tensor, *, image_size: int, ba
     :class:`QueryClient` (budget: its share), then every rank gathers all answers. Returns the
     answers ``len(indices) x D`` (float32, CPU, in the order of ``indices``) and each rank's count.
 
-    A victim served over HTTP (``client.HTTPConnection``: every rank opens its own, with the same
+    A victim served over HTTP (``attacks.client.HTTPConnection``: every rank opens its own, with the same
     key) is asked first, by every rank, how many queries the account has left (``/v1/usage``):
-    fewer than ``len(indices)`` is one :class:`errors.QueryBudgetExceeded`, before any query; the
+    fewer than ``len(indices)`` is one :class:`utils.QueryBudgetExceeded`, before any query; the
     server's ledger then counts exactly ``len(indices)`` for the job. Queries travel as uint8
-    (``client.wire_images``): exact for images read at ``image_size`` (an ImageFolder such as
+    (``attacks.client.wire_images``): exact for images read at ``image_size`` (an ImageFolder such as
     ImageNet's), rounded to the nearest of 256 levels for images resized here (a query set at
     another resolution), so the victim answers the rounded view.
     """

@@ -136,7 +136,7 @@ def moco_step(model: MoCo, augment: Callable, queue: MoCoQueue, *, momentum: flo
 def simsiam_model(encoder: nn.Module) -> SimSiamStealer:
     """SimSiam's encoder, projector (BN after every layer, the last one affine-free) and bottleneck
     predictor (d -> d/4 -> d): the model the attacker already uses to steal with ``symmetrized``
-    (``attack.SimSiamStealer`` with its small heads)."""
+    (``attacks.encoder.SimSiamStealer`` with its small heads)."""
     return SimSiamStealer(encoder, encoder.out_dim, "small")
 
 

@@ -9,7 +9,7 @@ from defenses.similarity import AnswerHistory
 
 
 class Defense:
-    """A step of a :class:`victim.VictimService`'s defense chain.
+    """A step of a :class:`service.victim.VictimService`'s defense chain.
 
     ``admit(account, images, state, proof)`` runs before the victim computes anything and may
     refuse the batch (e.g. ask for a proof of work); ``apply(account, images, answers, state,

@@ -36,7 +36,7 @@ def extract_features(encoder: Optional[nn.Module], dataset, *, device: torch.dev
     ``limit`` images when given; the images at ``indices``, in that order, when given).
 
     ``transform`` maps each batch of uint8 images, on ``device``, to the encoder's input (e.g.
-    ``lambda x: imagenet.view(x, 224)`` to resize native-size images on the device); without
+    ``lambda x: attacks.imagenet.view(x, 224)`` to resize native-size images on the device); without
     it the input is the images as float in [0, 1]. ``encoder=None`` returns that input
     flattened (the pixel baseline).
     """

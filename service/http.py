@@ -1,4 +1,5 @@
-"""The victim service over HTTP: a FastAPI app around :class:`victim.VictimService` and :class:`ledger.Ledger`.
+"""The victim service over HTTP: a FastAPI app around :class:`service.victim.VictimService` and
+:class:`service.ledger.Ledger`.
 
 Endpoints (JSON; errors are ``{"error": "<one sentence>"}`` with the status code):
 

@@ -303,7 +303,7 @@ class Ledger:
                decisions: Optional[dict] = None, *, states: Optional[dict] = None,
                rows: Optional[dict] = None) -> AccountRecord:
         """Count ``count`` queries of ``name`` and append their batch, in one transaction; refuse
-        the whole batch (:class:`errors.QueryBudgetExceeded`, nothing written) if it would take the
+        the whole batch (:class:`utils.QueryBudgetExceeded`, nothing written) if it would take the
         account past its budget. Returns the account after the batch.
 
         ``states`` (defense -> JSON-able dict) and ``rows`` ((defense, name) -> the ``N x D``

@@ -23,7 +23,7 @@ its training recipe, weights and defenses stay private.
 
 The attacker side never imports a backend: it holds a connection (:meth:`VictimService.connect`,
 or an HTTP client later) with ``answer(images)``, ``out_dim`` and ``info``, and keeps its own
-budget, cache and log in :class:`client.QueryClient`.
+budget, cache and log in :class:`attacks.client.QueryClient`.
 """
 from __future__ import annotations
 

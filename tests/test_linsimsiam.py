@@ -1,6 +1,6 @@
 """linsimsiam.py: the ImageNet path's linear probe on a tiny SimSiam-format victim and a tiny
 "stolen" checkpoint, with the offline digits (8 px, resized on the device) as downstream task;
-the reference's SGD probe (probe.fit_downstream kind "sgd"); one process against two (torchrun)."""
+the reference's SGD probe (evaluation.probe.fit_downstream kind "sgd"); one process against two (torchrun)."""
 import json
 import math
 import os

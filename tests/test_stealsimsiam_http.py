@@ -6,7 +6,7 @@ one error.
 
 The queries are exact on the wire: the ImageFolder is read at --image-size (16 px, the size the
 service accepts: `serve.py --input-size 16`), so every query is a uint8 image whose float view
-k/255 goes back to k when client.wire_images rounds it; the stolen encoder's augmentations
+k/255 goes back to k when attacks.client.wire_images rounds it; the stolen encoder's augmentations
 (--useaug True here) are made on the attacker's side and never sent. So the in-process run needs
 no rounding of its own, and the two checkpoints are compared tensor by tensor."""
 import json

@@ -36,7 +36,7 @@ def _images(ids):
 
 
 def _two_views(ids):
-    """A view-major batch as attack.QueryViews.rows sends it: view 0 of each image, then view 1;
+    """A view-major batch as attacks.encoder.QueryViews.rows sends it: view 0 of each image, then view 1;
     both views are the image itself (an exact repeat)."""
     x = _images(ids)
     return torch.cat([x, x])
