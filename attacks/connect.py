@@ -13,7 +13,6 @@ owner's own classifier is kept for the *experiment's* measurements of the victim
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -30,6 +29,7 @@ from service.victim import (
     load_victim,
     service_from_config,
 )
+from service.wire import image_hashes
 from utils import UserError
 
 
@@ -198,7 +198,7 @@ def open_victim(config: dict, *, output: Optional[str], kind: str = "encoder", a
 def image_keys(images: torch.Tensor) -> list[str]:
     """Each image's key as it travels to a served victim: the SHA-256 of its uint8 bytes, so that
     identical images are one query."""
-    return [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in wire_images(images).cpu()]
+    return image_hashes(wire_images(images))
 
 
 class VictimScores:

@@ -14,10 +14,6 @@ from typing import Any, Iterable, Optional
 from data_aug import DATASETS
 from models import ARCHS, STEMS
 
-# Defaults that depend on the scale of a run. ``cpu`` is for the offline datasets (minutes
-# on 2 cores); ``paper`` is the paper's setup (a GPU and the real data). ``--scale auto``
-# picks ``cpu`` for offline datasets and ``paper`` otherwise. A flag the user typed always
-# wins; the resolved values are written to config.yaml.
 # the default --dataset: the offline CPU benchmark (data_aug/offline.py)
 DEFAULT_DATASET = "mnistm5k"
 

@@ -31,8 +31,8 @@ from typing import Optional
 
 import torch
 
-from service.ledger import AuthError, Ledger, image_hashes
-from service.wire import Limits, RequestError, decode_images, encode_array
+from service.ledger import AuthError, Ledger
+from service.wire import Limits, RequestError, decode_images, encode_array, image_hashes
 from utils import ProofRequired, QueryBudgetExceeded, UserError
 
 

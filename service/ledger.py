@@ -111,11 +111,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def image_hashes(images: torch.Tensor) -> list[str]:
-    """SHA-256 of each image's bytes (uint8 or float, contiguous), what a batch row keeps of its inputs."""
-    return [hashlib.sha256(img.contiguous().cpu().numpy().tobytes()).hexdigest() for img in images]
-
-
 class _Translating:
     """A connection whose statements are written with ``?`` placeholders, for a dialect that uses others."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -88,3 +89,8 @@ def decode_images(body: dict, size: int, limits: Limits) -> torch.Tensor:
     if images.shape[0] > limits.max_batch:
         raise RequestError(413, f"a batch holds at most {limits.max_batch} images, got {images.shape[0]}")
     return images
+
+
+def image_hashes(images: torch.Tensor) -> list[str]:
+    """SHA-256 of each image's bytes (uint8 or float, contiguous), what a batch row keeps of its inputs."""
+    return [hashlib.sha256(img.contiguous().cpu().numpy().tobytes()).hexdigest() for img in images]

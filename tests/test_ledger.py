@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from service.ledger import AuthError, Ledger, hash_key, image_hashes
+from service.ledger import AuthError, Ledger, hash_key
+from service.wire import image_hashes
 from utils import QueryBudgetExceeded, UserError
 
 
