@@ -41,6 +41,7 @@ from utils import (
     add_reference_args,
     append_jsonl,
     atomic_write_text,
+    check_writable,
     get_logger,
     parse_tags,
     prepare_run_dir,
@@ -93,6 +94,8 @@ def main(argv=None) -> dict:
     if config["n_views"] != 1:
         raise UserError(f"a legitimate user queries each image once: --n-views must be 1 (got {config['n_views']})")
     tags = parse_tags(config["tag"])
+    if config["results"]:  # before any query: a record that cannot be written would waste them
+        check_writable(config["results"], what="the results file", fix="pass a writable --results PATH")
     device = setup_run(config)
     # a customer of the victim; served elsewhere, the server's defenses apply
     victim = open_victim(config, output="representation", accounts=("legitimate",), device=device)

@@ -85,6 +85,7 @@ from utils import (
     UserError,
     add_reference_args,
     append_jsonl,
+    check_writable,
     parse_tags,
     run_cli,
     seed_everything,
@@ -383,6 +384,7 @@ def evaluate(config: dict, dist: Dist) -> list[dict]:
         raise UserError("--probe reference trains through the encoder in one process; run it without torchrun, or "
                         "use --probe sgd or lbfgs, whose feature pass is shared among the processes")
     out_path = results_path(config)
+    check_writable(out_path, what="the results file", fix="pass a writable --results PATH")  # every rank: one error
     encoders = Encoders(config)
     resolved = {m: encoders.get(m) for m in dict.fromkeys(config["modeltype"])}  # every error before any work
     datasets: dict[Optional[int], tuple] = {}

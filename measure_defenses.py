@@ -16,7 +16,15 @@ from engine.presets import scale_of
 from evaluation import defenses as measurements
 from evaluation.defenses import ATTACKER_VIEWS, GRIDS, detection_rates, pow_costs
 from service.victim import EncoderBackend, load_victim
-from utils import HelpFormatter, append_jsonl, apply_numeric_rules, parse_tags, run_cli, setup_threads
+from utils import (
+    HelpFormatter,
+    append_jsonl,
+    apply_numeric_rules,
+    check_writable,
+    parse_tags,
+    run_cli,
+    setup_threads,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     tags = parse_tags(args.tag)
+    check_writable(args.results, what="the results file", fix="pass a writable --results PATH")
     setup_threads()
     victim = load_victim(args.victim_checkpoint)
     scale = scale_of(victim.dataset, args.scale)

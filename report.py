@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from reports.document import write_report
-from utils import HelpFormatter, run_cli
+from utils import HelpFormatter, check_writable, run_cli
 
 
 def main(argv=None) -> Path:
@@ -28,7 +28,9 @@ def main(argv=None) -> Path:
     p.add_argument("--out", default=None, help="report path (default: <results-dir>/REPORT.md)")
     args = p.parse_args(argv)
     results_dir = Path(args.results_dir)
-    out = write_report(results_dir, Path(args.out) if args.out else results_dir / "REPORT.md")
+    out = check_writable(Path(args.out) if args.out else results_dir / "REPORT.md", what="the report",
+                         fix="pass a writable --out PATH")
+    out = write_report(results_dir, out)
     print(f"report written to {out}")
     return out
 

@@ -2,15 +2,19 @@
 
   python serve.py accounts create alice --budget 1000 --ledger runs/ledger.db   # prints the API key once
   python serve.py accounts list --ledger runs/ledger.db
+  python serve.py accounts revoke alice --ledger runs/ledger.db                 # 401 from the next request on
+  python serve.py accounts delete alice --ledger runs/ledger.db                 # the account and all its rows
   python serve.py --victim-checkpoint runs/victim_mnistm5k_resnet18_w8_s0/checkpoint.pt \\
       --ledger runs/ledger.db --port 8000                                       # the API (uvicorn)
-  python steal.py --victim-url http://127.0.0.1:8000 --api-key sk-... --losstype mse
+  SSLSTEAL_API_KEY=sk-... python steal.py --victim-url http://127.0.0.1:8000 --losstype mse
 
 The API (``serving.py``): ``GET /healthz``, ``GET /v1/info``, ``GET /v1/usage``,
 ``POST /v1/embeddings``; auth by ``Authorization: Bearer <key>``; every answered batch is
 recorded in the ledger (SQLite, WAL) before its answers leave, and no account is answered
-past its budget. FastAPI on uvicorn: a maintained ASGI stack with request validation and
-OpenAPI docs at ``/docs``.
+past its budget; a batch sent with an ``Idempotency-Key`` header is charged once however often
+it is retried (the attacker's client sends one per batch). FastAPI on uvicorn; the whole wire
+contract is published as OpenAPI at ``/openapi.json`` (browsable at ``/docs``) and in
+docs/serving.md.
 
 Concurrent requests are gathered into one forward pass (``--batching``, ``--batch-wait-ms``);
 with batching an answer can differ from a lone forward pass in the last bits of a float (the
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ledger: a SQLite file path, sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB "
                         "(needs psycopg; the database must exist, the tables are made on first use)")
     sub = p.add_subparsers(dest="command")
-    acc = sub.add_parser("accounts", help="create or list accounts (the admin side)", formatter_class=HelpFormatter)
+    acc = sub.add_parser("accounts", help="create, list, revoke or delete accounts (the admin side)",
+                         formatter_class=HelpFormatter)
     acc_sub = acc.add_subparsers(dest="action", required=True)
     create = acc_sub.add_parser("create", help="open an account and print its API key (shown once)",
                                 formatter_class=HelpFormatter)
@@ -73,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--expires-days", type=float, default=None,
                         help="the key stops working this many days from now (401 'expired'; default: never)")
     apply_numeric_rules(create)
-    for q in (create, acc_sub.add_parser("list", help="every account and its usage")):
+    listing = acc_sub.add_parser("list", help="every account and its usage")
+    revoke = acc_sub.add_parser("revoke", help="stop an account's key from working at once (401 from its next "
+                                               "request on); its ledger rows stay", formatter_class=HelpFormatter)
+    delete = acc_sub.add_parser("delete", help="remove an account and every row recorded of it (batches, defense "
+                                               "state, kept answers)", formatter_class=HelpFormatter)
+    for q in (revoke, delete):
+        q.add_argument("name", help="the account's name (see `accounts list`)")
+    for q in (create, listing, revoke, delete):
         q.add_argument("--ledger", dest="sub_ledger", default=None, help="the ledger (overrides the main --ledger)")
     p.add_argument("--victim-checkpoint", "--pretrained", dest="victim_checkpoint", default=None,
                    help="the victim encoder's checkpoint (run.py's default run for --dataset and --seed when omitted): "
@@ -113,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with batching, wait up to this long for more requests before a pass (0: none, so a "
                         "lone client pays no latency)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--idempotency-hours", type=float, default=24.0,
+                   help="how long the answer to a request sent with an Idempotency-Key is kept, so that its retry "
+                        "is answered again without a second charge")
 
     add_defense_args(p)
     return apply_numeric_rules(p)
@@ -120,32 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-
     if args.command == "accounts":
-        ledger = Ledger(args.sub_ledger or args.ledger)
-        if args.action == "create":
-            expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
-            key = ledger.create_account(args.name, budget=args.budget, head_access=args.head_access,
-                                        rate_limit=args.rate_limit, expires=expires)
-            print(key)
-            return key
-        rows = [ledger.usage(name) for name in ledger.names()]
-        for row in rows:
-            account = ledger.account(row["account"])
-            budget = "unlimited" if row["budget"] is None else row["budget"]
-            extra = [label for label, on in (
-                ("head access", account.head_access),
-                (f"{account.rate_limit:g} requests/s", account.rate_limit is not None),
-                (f"expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.expires or 0))}",
-                 account.expires is not None)) if on]
-            print(f"{row['account']}: used {row['used']} of {budget} in {row['requests']} requests"
-                  + (f" ({', '.join(extra)})" if extra else ""))
-        return rows
+        return manage_accounts(args)
     import uvicorn
 
+    # the ledger first: an unwritable --ledger is refused before the victim is loaded
+    ledger = Ledger(args.ledger, idempotency_ttl=args.idempotency_hours * 3600)
     device = pick_device(args.device, None)
     service, victim = build_victim_service(args, device)
-    ledger = Ledger(args.ledger)
     gateway = Gateway(service, ledger,
                       Limits(max_body_bytes=int(args.max_body_mb * 2 ** 20), max_batch=args.max_batch),
                       batching=args.batching == "on", batch_wait=args.batch_wait_ms / 1000)
@@ -154,6 +151,47 @@ def main(argv=None):
           f"outputs: {offered}; ledger {ledger.path}; "
           f"defenses: {', '.join(d.name for d in service.defenses) or 'none'}", flush=True)
     uvicorn.run(build_app(gateway), host=args.host, port=args.port, log_level="warning")
+
+
+def describe_account(row: dict, account) -> str:
+    """One line of ``accounts list``."""
+    budget = "unlimited" if row["budget"] is None else row["budget"]
+    extra = []
+    if account.head_access:
+        extra.append("head access")
+    if account.rate_limit is not None:
+        extra.append(f"{account.rate_limit:g} requests/s")
+    if account.expires is not None:
+        extra.append(f"expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.expires))}")
+    if account.revoked is not None:
+        extra.append(f"REVOKED {time.strftime('%Y-%m-%d %H:%M', time.localtime(account.revoked))}")
+    return (f"{row['account']}: used {row['used']} of {budget} in {row['requests']} requests"
+            + (f" ({', '.join(extra)})" if extra else ""))
+
+
+def manage_accounts(args):
+    """``serve.py accounts create|list|revoke|delete``: the admin side, on the ledger alone."""
+    ledger = Ledger(args.sub_ledger or args.ledger)
+    if args.action == "create":
+        expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
+        key = ledger.create_account(args.name, budget=args.budget, head_access=args.head_access,
+                                    rate_limit=args.rate_limit, expires=expires)
+        print(key)
+        return key
+    if args.action == "revoke":
+        done = ledger.revoke(args.name)
+        print(f"account {args.name!r} " + ("revoked: its key is refused from its next request on; its rows stay"
+                                           if done else "was revoked already"))
+        return done
+    if args.action == "delete":
+        removed = ledger.delete(args.name)
+        print(f"account {args.name!r} deleted with {removed['batches']} batch rows, {removed['defense_rows']} "
+              f"defense rows and {removed['idempotent']} kept answers")
+        return removed
+    rows = [ledger.usage(name) for name in ledger.names()]
+    for row in rows:
+        print(describe_account(row, ledger.account(row["account"])))
+    return rows
 
 
 def build_victim_service(args, device):

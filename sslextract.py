@@ -67,13 +67,14 @@ from attacks.distill import DISTILL_KINDS, open_classifier, run
 from attacks.pretrain import PRETRAIN, pretrain_run
 from data_aug import DATASETS, dataset_info, get_dataset
 from engine.presets import defaults_epilog, preset_for, pretrain_run_dir, run_dir, scale_of
-from models import build_encoder
+from models import ARCHS, build_encoder
 from utils import (
     HelpFormatter,
     UserError,
     add_common_args,
     append_jsonl,
     apply_numeric_rules,
+    check_writable,
     get_logger,
     parse_tags,
     pick_device,
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default runs/pretrain_<method>_<pool>_<arch>_w<width>_s<seed>/checkpoint.pt)")
     g.add_argument("--pretrain-only", nargs="?", const=True, default=False, type=str2bool,
                    help="pre-train (or finish pre-training) and stop, querying nothing")
-    g.add_argument("-a", "--arch", default=None, help="encoder architecture (default by scale: resnet18 cpu)")
+    g.add_argument("-a", "--arch", default=None, choices=ARCHS,
+                   help="encoder architecture (default by scale: resnet18 cpu)")
     g.add_argument("--width", type=int, default=None, help="encoder width (default by scale: 8 cpu, 64 paper)")
     g.add_argument("--stem", default=None, choices=["cifar", "imagenet"],
                    help="encoder stem (default: imagenet from 128 px, cifar below)")
@@ -249,6 +251,8 @@ def main(argv=None):
     config = dict(vars(build_parser().parse_args(argv)))
     if config["pretrain_only"]:
         return pretrain_only(resolve(config))
+    if config["results"]:  # before any query: a record that cannot be written would waste them
+        check_writable(config["results"], what="the results file", fix="pass a writable --results PATH")
     if config["victimtype"] is None and not config.get("victim_url"):
         config["victimtype"] = "supervised"  # the owner's classifier; a served one is serve.py's
     device = setup_run(config)

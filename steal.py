@@ -41,6 +41,7 @@ from defenses import add_defense_args
 from defenses.ownership import stolen_watermark
 from engine.presets import defaults_epilog, steal_run_dir
 from loss import LOSSES, SPECS, canonical_loss
+from models import ARCHS
 from service.victim import add_victim_args, load_victim
 from utils import (
     HelpFormatter,
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("stolen model and training")
     g.add_argument("--losstype", default="infonce", choices=tuple(LOSSES), type=canonical_loss,
                    help="stealing loss (the reference's spelling wassersein is accepted for wasserstein)")
-    g.add_argument("--archstolen", default=None,
+    g.add_argument("--archstolen", default=None, choices=ARCHS,
                    help="stolen architecture (default: the victim's, as its service publishes it)")
     g.add_argument("--widthstolen", type=int, default=None,
                    help="stolen encoder width (default: the victim's, as its service publishes it)")
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accounts", type=int, default=1, metavar="K",
                    help="spread the queries over K in-process accounts of the service (attacker0 ... "
                         "attacker{K-1}; 1 = the single account 'attacker'); each account's defenses see only its "
-                        "share. Over HTTP, repeat --api-key instead (routed by --sybil-split too). Per-account "
+                        "share. Over HTTP, give one API key per account instead (repeat --api-key, or one key per line "
+                        "of --api-key-file or in SSLSTEAL_API_KEY; routed by --sybil-split too). Per-account "
                         "defense statistics go to accounts.json in the run directory")
     g.add_argument("--sybil-split", dest="sybil_split", default="views", choices=list(SPLITS),
                    help="how several accounts share the queries: views = the views of one image go to different "
@@ -172,7 +174,7 @@ def main(argv=None) -> Path:
     device = setup_run(config)
     if config["victim_url"] and config["accounts"] != 1:
         raise UserError("--accounts opens accounts of an in-process service; with --victim-url repeat "
-                        "--api-key, one per account")
+                        "--api-key, or give one key per line of --api-key-file: one key per account")
     # the owner's side (its checkpoint is read there and nowhere in the attack), or a served victim
     # whose card is all we know; --victimhead True asks for head outputs (access head: an account
     # with head access); --watermark tests the owner's secret predictor, which a served victim keeps
@@ -188,7 +190,7 @@ def main(argv=None) -> Path:
     config = resolve_defaults(config, config["scale"])
     if len(accounts) > config["num_queries"]:
         raise UserError(f"{len(accounts)} accounts for {config['num_queries']} queries: some accounts would send "
-                        f"nothing; lower --accounts (or the number of --api-key) or raise --num_queries")
+                        f"nothing; lower --accounts (or the number of API keys) or raise --num_queries")
     # the routing needs the views per image (the attack sends view-major batches: attack.QueryViews.rows)
     connection = sybil_connection(accounts, config["sybil_split"], config["n_views"])
     if config["logdir"] is None:

@@ -31,7 +31,7 @@ from attacks.encoder import HEAD_LOSSES, resolve_defaults, steal_through_recreat
 from defenses import add_defense_args
 from engine.presets import steal_run_dir
 from loss import HEAD_STEAL_LOSSES, canonical_loss
-from models import load_checkpoint
+from models import ARCHS, load_checkpoint
 from service.victim import add_victim_args
 from utils import (
     HelpFormatter,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--losshead msewithhead, which queries them anyway")
 
     g = p.add_argument_group("stolen model")
-    g.add_argument("-a", "--arch", dest="archstolen", default=None,
+    g.add_argument("-a", "--arch", dest="archstolen", default=None, choices=ARCHS,
                    help="stolen architecture (default: the victim's, as its service publishes it)")
     g.add_argument("--widthstolen", type=int, default=None,
                    help="stolen width (default: the victim's, as its service publishes it)")

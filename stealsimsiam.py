@@ -51,7 +51,7 @@ from attacks.imagenet import STEAL_LOSSES, steal
 from data_aug import DATASETS
 from engine.distributed import add_job_args, default_workers, launch, quiet_logger, run_ranks
 from engine.presets import stealsimsiam_run_dir
-from models import STEMS, load_checkpoint
+from models import ARCHS, STEMS, load_checkpoint
 from utils import (
     HelpFormatter,
     UserError,
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of another size are resized on the device")
 
     g = p.add_argument_group("stolen encoder and training")
-    g.add_argument("-a", "--arch", default=None,
+    g.add_argument("-a", "--arch", default=None, choices=ARCHS,
                    help="stolen architecture (default: the victim's, resnet50 for SimSiam)")
     g.add_argument("--width", type=int, default=None, help="stolen encoder width (default: the victim's, 64)")
     g.add_argument("--stem", default=None, choices=STEMS, help="stolen encoder stem (default: the victim's)")

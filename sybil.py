@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from attacks.sybil import summary
-from utils import HelpFormatter, UserError, append_jsonl, parse_tags, run_cli
+from utils import HelpFormatter, UserError, append_jsonl, check_writable, parse_tags, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    check_writable(args.results, what="the results file", fix="pass a writable --results PATH")
     run = Path(args.run)
     path = run / "accounts.json"
     if not path.is_file():

@@ -130,7 +130,7 @@ NUMERIC_RULES: dict[str, Numeric] = {
     **dict.fromkeys(["pow_bits_min", "pow_bits_max"], Numeric(int, 0, 32)),
     **dict.fromkeys(["lr", "lrhead", "temperature", "temperaturesn", "probe_lr", "tempsn", "lr_unused",
                      "temperature_unused", "pretrain_lr", "moco_t", "lr_head", "distill_temperature", "max_body_mb",
-                     "rate_limit", "expires_days"], _POS),
+                     "rate_limit", "expires_days", "idempotency_hours"], _POS),
     **dict.fromkeys(["weight_decay", "sigma", "poison_strength", "warmup_epochs", "fgsm_eps", "probe_wd",
                      "sigma_unused", "watermark_weight", "pretrain_wd", "lr_encoder", "batch_wait_ms"], _NONNEG),
     **dict.fromkeys(["mu", "detect_mu", "detect_threshold", "mu_unused"], _FINITE),
@@ -431,11 +431,49 @@ def prepare_run_dir(path: os.PathLike | str) -> Path:
     return path
 
 
+def check_writable(path: os.PathLike | str, *, what: str = "the output file",
+                   fix: str = "choose a path on a writable file system") -> Path:
+    """Before any compute or query: can ``path`` be written (atomically: a temporary file beside it,
+    then a rename)? One :class:`UserError` (naming ``what`` and the ``fix``) when it is a folder, when
+    its nearest existing folder cannot take a new file (read-only file system, immutable folder, no
+    permission) or when an existing file cannot be replaced. Leaves nothing behind; returns ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file; {fix}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders a write would create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {what} {path}: {folder} is a file, not a folder; {fix}")
+    reason = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "the file is read-only"
+    if reason is not None:
+        raise UserError(f"cannot write {what} {path} ({reason}); {fix}")
+    return path
+
+
+def redact_key(key: str) -> str:
+    """What a record keeps of an API key: ``...`` and its last 4 characters."""
+    key = str(key)
+    return key if key.startswith("...") else f"...{key[-4:]}"
+
+
 def write_config(run_dir: os.PathLike | str, config: dict) -> Path:
-    """Write ``config.yaml`` into the run directory (atomically)."""
+    """Write ``config.yaml`` into the run directory (atomically); API keys (``api_key``) are
+    redacted to their last 4 characters whatever the caller passes."""
     import yaml
 
     clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+    if clean.get("api_key"):
+        keys = clean["api_key"]
+        clean["api_key"] = [redact_key(k) for k in keys] if isinstance(keys, (list, tuple)) else redact_key(keys)
     path = Path(run_dir) / "config.yaml"
     atomic_write_text(path, yaml.safe_dump(clean, sort_keys=True))
     return path

@@ -44,6 +44,7 @@ from utils import (
     add_common_args,
     append_jsonl,
     apply_numeric_rules,
+    check_writable,
     parse_tags,
     pick_device,
     run_cli,
@@ -116,6 +117,8 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must lie strictly between 0 and 1, got {args.alpha}")
+    if args.results:
+        check_writable(args.results, what="the results file", fix="pass a writable --results PATH")
     device = pick_device(args.device, args.gpu_index)
     setup_threads()
     seed_everything(args.seed)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +33,7 @@ import torch
 
 from data_aug import to_float
 from defenses.pow import ProofPayer, Puzzle
-from service.wire import decode_array, encode_array
+from service.wire import RequestError, decode_array, encode_array
 from utils import QueryBudgetExceeded, UserError, append_jsonl
 
 
@@ -185,17 +186,21 @@ class HTTPConnection(ProofPayer):
 
     Images go as raw uint8 bytes (floats in [0, 1] are rounded to uint8 first, as a PNG would),
     at most ``max_batch`` per request (the server's ``max_batch`` when its card names one; a larger
-    batch is split); answers come back as raw float32 bytes. 429 and 503 are retried with
-    exponential backoff (``retries`` times, from ``backoff`` seconds); any other refusal is a
+    batch is split); answers come back as raw float32 bytes. Each batch carries its own
+    ``Idempotency-Key``, the same on every retry of that batch, so a batch whose reply was lost
+    (a reset connection, a server killed after recording it) is retried safely: the server
+    answers it again from its ledger and charges it once. 429, 503 and a lost connection are
+    retried with exponential backoff (``retries`` times, from ``backoff`` seconds); any other refusal is a
     :class:`utils.UserError` with the server's sentence (402, an exhausted budget:
-    :class:`utils.QueryBudgetExceeded`). ``requests`` counts the answered calls for the card and
+    :class:`utils.QueryBudgetExceeded`). ``idempotency_keys=False`` sends none (a retry after a lost
+    reply may then be charged twice; for benchmarks). ``requests`` counts the answered calls for the card and
     for answers; reading ``/v1/usage`` is not counted.
     """
 
     def __init__(self, url: str, api_key: str, *, output: Optional[str] = None, timeout: float = 120.0,
-                 retries: int = 5, backoff: float = 0.5, max_batch: int = 256):
+                 retries: int = 5, backoff: float = 0.5, max_batch: int = 256, idempotency_keys: bool = True):
         super().__init__()
-        self.url, self.api_key = url.rstrip("/"), api_key
+        self.url, self.api_key, self.idempotency_keys = url.rstrip("/"), api_key, idempotency_keys
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.requests = 0
         card = self._call("GET", "/v1/info")
@@ -216,9 +221,11 @@ class HTTPConnection(ProofPayer):
         self.out_dim = self.info["out_dim"]
 
     def _call(self, method: str, path: str, body: Optional[dict] = None, puzzle_out: Optional[dict] = None,
-              count: bool = True) -> dict:
+              count: bool = True, idempotency_key: Optional[str] = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        if idempotency_key is not None:  # the same on every retry below: the server charges the batch once
+            headers["Idempotency-Key"] = idempotency_key
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
             try:
@@ -267,12 +274,22 @@ class HTTPConnection(ProofPayer):
         if self.output is not None:
             body["output"] = self.output
         puzzle: dict = {}
-        reply = self._call("POST", "/v1/embeddings", body, puzzle_out=puzzle)
+        # this batch's Idempotency-Key (a 428 is not kept, so the proof reuses it); off only to measure its cost
+        key = secrets.token_urlsafe(18) if self.idempotency_keys else None
+        reply = self._call("POST", "/v1/embeddings", body, puzzle_out=puzzle, idempotency_key=key)
         if puzzle:  # the service's proof-of-work defense: solve here (the customer's cost), send again
             nonce = self.pay(Puzzle(puzzle["challenge"], int(puzzle["bits"])))
             reply = self._call("POST", "/v1/embeddings", {**body, "proof": {"challenge": puzzle["challenge"],
-                                                                          "nonce": nonce}})
-        return decode_array(reply, reply.get("dtype", "float32")).to(images.device)
+                                                                          "nonce": nonce}}, idempotency_key=key)
+        try:
+            answers = decode_array(reply, "float32")
+        except RequestError as err:
+            raise UserError(f"the victim service at {self.url} sent a malformed answer: {err.message}") from None
+        if reply.get("dtype", "float32") != "float32" or answers.dim() != 2 or answers.shape[0] != images.shape[0]:
+            raise UserError(f"the victim service at {self.url} answered {images.shape[0]} images with an array of "
+                            f"shape {list(answers.shape)} ({reply.get('dtype')}); expected {images.shape[0]} rows "
+                            f"of float32")
+        return answers.to(images.device)
 
 
 class SybilConnection:

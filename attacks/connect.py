@@ -1,5 +1,6 @@
-"""The one place an attack opens its victim: served over HTTP by ``serve.py`` (``--victim-url``,
-``--api-key``), or run by its owner in this process from a checkpoint.
+"""The one place an attack opens its victim: served over HTTP by ``serve.py`` (``--victim-url`` and an
+API key: ``--api-key``, ``--api-key-file`` or ``SSLSTEAL_API_KEY``), or run by its owner in this process
+from a checkpoint.
 
 Either way :func:`open_victim` returns an :class:`OpenVictim`: one connection per account, all
 with the same calls (``answer(images)``, ``out_dim``, ``info``, ``remaining()``), the victim's
@@ -13,7 +14,10 @@ owner's own classifier is kept for the *experiment's* measurements of the victim
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -30,11 +34,18 @@ from service.victim import (
     service_from_config,
 )
 from service.wire import image_hashes
-from utils import UserError
+from utils import UserError, redact_key
+
+# the environment variable holding API keys (several separated by commas or whitespace), so that no
+# key has to be typed on a command line, where `ps` shows it to every user of the machine
+API_KEY_ENV = "SSLSTEAL_API_KEY"
+KEY_SOURCES = (f"pass --api-key KEY, --api-key-file PATH (one key per line) or set {API_KEY_ENV} "
+               f"(keys separated by commas or spaces)")
 
 
 def add_http_victim_args(parser):
-    """``--victim-url`` and ``--api-key``: attack (or use) a victim served by ``serve.py``."""
+    """``--victim-url`` and the account's API key(s) (``--api-key``, ``--api-key-file`` or the environment
+    variable ``SSLSTEAL_API_KEY``): attack (or use) a victim served by ``serve.py``."""
     g = parser.add_argument_group("a victim served over HTTP (serve.py)")
     g.add_argument("--victim-url", default=None,
                    help="query the victim behind this URL (e.g. http://127.0.0.1:8000) instead of loading a "
@@ -42,8 +53,50 @@ def add_http_victim_args(parser):
                         "query budget is at most what the account(s) have left in /v1/usage")
     g.add_argument("--api-key", action="append", default=None, metavar="KEY",
                    help="the account's API key for --victim-url; repeat it to spread the queries over several "
-                        "accounts (a Sybil attack; steal.py routes them by --sybil-split)")
+                        "accounts (a Sybil attack; steal.py routes them by --sybil-split). A key typed here is "
+                        "visible to other users in `ps`: prefer --api-key-file or " + API_KEY_ENV)
+    g.add_argument("--api-key-file", action="append", default=None, metavar="PATH",
+                   help="read the API key(s) from this file instead: one key per line (several lines: several "
+                        "accounts), blank lines and lines starting with # ignored; repeatable. Used when no "
+                        "--api-key is given; without either, the keys come from the environment variable "
+                        f"{API_KEY_ENV} (several separated by commas or spaces). Only the file's path and each "
+                        "key's last 4 characters are recorded")
     return g
+
+
+def _keys_in_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise UserError(f"--api-key-file {path} cannot be read ({reason}); pass a text file with one API key per "
+                        f"line") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise UserError(f"--api-key-file {path} holds no key (only blank or # comment lines); write one API key per "
+                        f"line (create one with `python serve.py accounts create NAME`)")
+    bad = [n for n, key in enumerate(keys, 1) if re.search(r"\s", key)]
+    if bad:
+        raise UserError(f"--api-key-file {path}: key number {bad[0]} contains a space; write one key per line")
+    return keys
+
+
+def api_keys(config: dict, environ: Optional[dict] = None) -> list[str]:
+    """The API keys of a served victim's account(s), from the first source that gives any: ``--api-key``
+    (repeated), then ``--api-key-file`` (each file's keys, in order), then the environment variable
+    ``SSLSTEAL_API_KEY`` (split at commas and whitespace). None at all, an unreadable file or one without
+    a key is one :class:`utils.UserError`."""
+    if config.get("api_key"):
+        return list(config["api_key"])
+    if config.get("api_key_file"):
+        return [key for path in config["api_key_file"] for key in _keys_in_file(path)]
+    environ = os.environ if environ is None else environ
+    keys = [key for key in re.split(r"[\s,]+", environ.get(API_KEY_ENV, "")) if key]
+    if keys:
+        return keys
+    raise UserError(f"--victim-url needs --api-key KEY, --api-key-file PATH (one key per line) or the environment "
+                    f"variable {API_KEY_ENV} (keys separated by commas or spaces); create a key with "
+                    f"`python serve.py accounts create NAME`")
 
 
 # flags that name or build the victim on the owner's side, meaningless for a victim served elsewhere
@@ -58,21 +111,20 @@ CARD_FLAGS = {"dataset": ("--dataset", "dataset"), "arch": ("--archvic", "arch")
 
 def open_http_victim(config: dict, *, output: Optional[str] = None, owner_flags: dict = OWNER_FLAGS,
                      card_flags: dict = CARD_FLAGS) -> tuple:
-    """``--victim-url``/``--api-key``: a connection to a victim served over HTTP (through several
-    accounts when ``--api-key`` is repeated), answering ``output`` (default: the service's default
-    answer), and what to record in config.yaml about it (its published card; the keys redacted).
+    """``--victim-url`` and its key(s) (:func:`api_keys`): a connection to a victim served over HTTP
+    (through several accounts when there are several keys), answering ``output`` (default: the service's
+    default answer), and what to record in config.yaml about it (its published card; the keys redacted).
 
     One :class:`utils.UserError` when a key is missing, when an owner-side flag (``owner_flags``:
     config key -> flag) is set, when a flag that describes the victim disagrees with the card,
     or when the account may not ask for ``output`` (head outputs need head access).
     """
-    if not config.get("api_key"):
-        raise UserError("--victim-url needs --api-key (create one with `python serve.py accounts create NAME`)")
+    keys = api_keys(config)
     given = [flag for key, flag in owner_flags.items() if config.get(key)]
     if given:
         raise UserError(f"--victim-url queries a served victim, so the owner's flags {', '.join(given)} do not "
                         f"apply (the victim and its defenses are serve.py's); drop them")
-    accounts = [HTTPConnection(config["victim_url"], key, output=output) for key in config["api_key"]]
+    accounts = [HTTPConnection(config["victim_url"], key, output=output) for key in keys]
     connection = accounts[0] if len(accounts) == 1 else SybilConnection(accounts)
     card = connection.info
     for key, (flag, name) in card_flags.items():
@@ -83,7 +135,7 @@ def open_http_victim(config: dict, *, output: Optional[str] = None, owner_flags:
               "scale": scale_of(card["dataset"], config.get("scale")), "arch": card["arch"], "width": card["width"],
               "stem": card.get("stem", "cifar"), "image_size": card["input_size"], "victim_watermarked": False,
               "defenses": ["served: unknown"], "victim_output": card["answers"],
-              "api_key": [f"...{key[-4:]}" for key in config["api_key"]]}  # never the keys themselves
+              "api_key": [redact_key(key) for key in keys]}  # never the keys themselves
     return connection, record
 
 
@@ -128,7 +180,7 @@ def local_pretrained(config: dict, output: str, device) -> LocalVictim:
     if not config.get("pretrained"):
         raise UserError("name the victim with --pretrained PATH (e.g. the published SimSiam "
                         "checkpoint_0099-batch256.pth.tar; the reference used a hard-coded path) or with "
-                        "--victim-url URL --api-key KEY (a victim served by serve.py)")
+                        "--victim-url URL and an API key (a victim served by serve.py; " + KEY_SOURCES + ")")
     loaded = load_victim(config["pretrained"], seed=config["seed"])
     service = build_service(loaded, answers=output, device=device)
     return LocalVictim(service, {"victim_checkpoint": str(loaded.path)}, description=str(loaded.path))
@@ -180,9 +232,9 @@ def open_victim(config: dict, *, output: Optional[str], kind: str = "encoder", a
                 owner_flags: dict = OWNER_FLAGS, card_flags: dict = CARD_FLAGS,
                 device: torch.device | str = "cpu") -> OpenVictim:
     """Open the victim the flags name, answering ``output``: over HTTP with ``--victim-url`` (one
-    account per ``--api-key``; ``owner_flags`` are refused there and ``card_flags`` checked against
-    the card, :func:`open_http_victim`), or in this process (``LOCAL_VICTIMS[kind]``, one connection
-    per name in ``accounts``)."""
+    account per API key; ``owner_flags`` are refused there and ``card_flags`` checked against
+    the card, :func:`open_http_victim`; the keys from :func:`api_keys`), or in this process
+    (``LOCAL_VICTIMS[kind]``, one connection per name in ``accounts``)."""
     if config.get("victim_url"):
         connection, record = open_http_victim(config, output=output, owner_flags=owner_flags, card_flags=card_flags)
         return OpenVictim(list(getattr(connection, "connections", [connection])), record, url=config["victim_url"],

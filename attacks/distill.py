@@ -317,6 +317,9 @@ def run(config: dict, victim: OpenVictim, device: torch.device, *, logger=None) 
     pool = train if pool_name == task else get_dataset(pool_name, pinfo.query_split, root=config["data"],
                                                        image_size=size)
     n = query_fraction(len(pool), config["query_fraction"])
+    if not config["epochs"] and config["pool_epochs"] > config["max_epochs"]:
+        raise UserError(f"--pool-epochs {config['pool_epochs']} is more than --max-epochs {config['max_epochs']}, the "
+                        f"cap of the epoch schedule; raise --max-epochs, lower --pool-epochs or pass --epochs")
     epochs = config["epochs"] or distill_epochs(n, len(pool), pool_epochs=config["pool_epochs"],
                                                 cap=config["max_epochs"])
     config.update(num_queries=n, epochs=epochs)

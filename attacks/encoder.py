@@ -29,7 +29,7 @@ from attacks.client import QueryClient
 from data_aug import ImageSet, SimCLRAugment, dataset_info, get_dataset, rotate, split_holdout, to_float
 from engine.optim import make_optimizer
 from loss import LOSSES, SPECS, info_nce_views, mse, softnn
-from models import build_encoder, build_mlp, save_checkpoint, simclr_head_dims
+from models import build_encoder, build_mlp, encoder_out_dim, save_checkpoint, simclr_head_dims
 from simclr import Precision, fit, precision_from_flags
 from utils import UserError, accuracy, atomic_path, prepare_run_dir
 
@@ -249,9 +249,18 @@ class SimSiamStealer(nn.Module):
         return self.predictor(self.projector(self.encoder(x)))
 
 
+def stolen_out_dim(config: dict, info: dict) -> int:
+    """The output size of :func:`stolen_encoder`, checked without building it (before any query): an
+    architecture this project cannot build, typed or published, is one :class:`utils.UserError`."""
+    what = "--archstolen" if config.get("archstolen") else "the victim's published architecture"
+    return encoder_out_dim(config.get("archstolen") or info["arch"], config.get("widthstolen") or info["width"],
+                           what=what, flag="--archstolen (stealhead.py: -a/--arch)")
+
+
 def stolen_encoder(config: dict, info: dict, query_dataset: str) -> nn.Module:
     """The attacker's fresh encoder: ``--archstolen``/``--widthstolen``, else the published
     architecture; normalised with the attacker's own query data's statistics."""
+    stolen_out_dim(config, info)
     qinfo = dataset_info(query_dataset)
     return build_encoder(config["archstolen"] or info["arch"], stem=info.get("stem", "cifar"),
                          width=config["widthstolen"] or info["width"], mean=qinfo.mean, std=qinfo.std)
@@ -445,6 +454,7 @@ def steal_through_recreated_head(config: dict, connection, run_dir: Path, logger
     info = connection.info
     images, holdout = attack_images(config, info)
     check_loss_inputs(config["losstype"], config["n_views"], images.labels)
+    stolen_out_dim(config, info)  # phase 2's encoder, checked before phase 1's queries
     client = QueryClient(connection, budget=config["num_queries"], log_path=run_dir / "queries.jsonl")
     with_head = config["losshead"] == "msewithhead"
     d = info["parts"]["representation"] if with_head else client.out_dim

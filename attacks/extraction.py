@@ -27,7 +27,7 @@ from attacks.encoder import image_batches, query_pool, query_set
 from data_aug import DATASETS, dataset_info, get_dataset, split_holdout, to_float
 from engine.optim import make_optimizer
 from engine.presets import run_dir as run_dir_named
-from models import EncoderWithHead, build_encoder, build_mlp, save_checkpoint
+from models import ARCHS, EncoderWithHead, build_encoder, build_mlp, encoder_out_dim, save_checkpoint
 from simclr import Precision, fit
 from utils import (
     HelpFormatter,
@@ -114,7 +114,7 @@ def build_parser(mode: str, output: str, doc: str, *, victimtype: str = "simclr"
     p.add_argument("--mode", default=mode, choices=["standard", "knockoff"],
                    help="standard: CE on labels with Adam (SGD against a supervised victim, as the reference); "
                         "knockoff: soft CE on probabilities with SGD")
-    p.add_argument("-a", "--arch", dest="archstolen", default=None,
+    p.add_argument("-a", "--arch", dest="archstolen", default=None, choices=ARCHS,
                    help="the attacker's encoder architecture (default: the victim's)")
     p.add_argument("--widthstolen", type=int, default=None, help="the attacker's encoder width (default: the victim's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100)")
@@ -236,6 +236,9 @@ def run(config: dict, victim: OpenVictim, device: torch.device) -> dict:
     info = dataset_info(task)
     if not info.num_classes:
         raise UserError(f"{task} has no labels; pick a labelled --dataset-test")
+    # the attacker's encoder, checked before the first query (and before the run directory)
+    encoder_out_dim(config["archstolen"] or card["arch"], config["widthstolen"] or card["width"],
+                    what="-a/--arch" if config["archstolen"] else "the victim's published architecture")
     query_part, evaluation = split_holdout(get_dataset(task, info.test_split, root=config["data"], image_size=size),
                                            config["holdout"])
     # queries: the downstream test split without its holdout, unless --datasetsteal names another set

@@ -48,7 +48,7 @@ from data_aug import ImageSet, SimCLRAugment, dataset_info, iterate_batches, to_
 from engine.distributed import Dist
 from engine.optim import build_optimizer
 from loss import LOSSES, SPECS
-from models import build_encoder, load_checkpoint, load_state_dict_strict, save_checkpoint
+from models import build_encoder, encoder_out_dim, load_checkpoint, load_state_dict_strict, save_checkpoint
 from simclr import Precision, fit, precision_from_flags
 from utils import QueryBudgetExceeded, UserError, atomic_path, derive_seed
 
@@ -183,6 +183,26 @@ def use_channels_last(config: dict, device: torch.device) -> bool:
     return device.type == "cuda" and (config.get("channels_last") or "auto") != "off"
 
 
+def _dim_error(config: dict, stolen_dim: int, out_dim: int) -> UserError:
+    return UserError(f"the stolen {config['arch']} (width {config['width']}) outputs {stolen_dim}-d "
+                     f"representations but the victim answers {out_dim}-d; pick a matching -a/--arch "
+                     f"and --width")
+
+
+def check_stolen(config: dict, out_dim: int, resume: Optional[dict]) -> None:
+    """Before the first query, every check :func:`_stolen_model` makes after it: the stolen encoder's
+    architecture and output size against the victim's ``out_dim``-d answers, and a resumed
+    checkpoint's weights against that encoder (built on a forked RNG: the run's initial weights are
+    the ones it always had)."""
+    stolen_dim = encoder_out_dim(config["arch"], config["width"], what="the stolen architecture")
+    if stolen_dim != out_dim:
+        raise _dim_error(config, stolen_dim, out_dim)
+    if resume is not None:
+        with torch.random.fork_rng(devices=[]):
+            stolen = build_encoder(config["arch"], stem=config["stem"], width=config["width"])
+        load_state_dict_strict(stolen, resume["encoder"]["state_dict"], what="stolen encoder of the checkpoint")
+
+
 def _stolen_model(config: dict, out_dim: int, dist: Dist,
                   resume: Optional[dict]) -> tuple[nn.Module, nn.Module, Precision, bool]:
     """The fresh (or resumed) stolen encoder, on the device; the model that trains it (DDP-wrapped
@@ -191,9 +211,7 @@ def _stolen_model(config: dict, out_dim: int, dist: Dist,
     qinfo = dataset_info(config["datasetsteal"])
     stolen = build_encoder(config["arch"], stem=config["stem"], width=config["width"], mean=qinfo.mean, std=qinfo.std)
     if stolen.out_dim != out_dim:
-        raise UserError(f"the stolen {config['arch']} (width {config['width']}) outputs {stolen.out_dim}-d "
-                        f"representations but the victim answers {out_dim}-d; pick a matching -a/--arch "
-                        f"and --width")
+        raise _dim_error(config, stolen.out_dim, out_dim)
     if resume is not None:
         load_state_dict_strict(stolen, resume["encoder"]["state_dict"], what="stolen encoder of the checkpoint")
     precision = precision_from_flags(config, device)
@@ -269,6 +287,7 @@ def steal(config: dict, connection, dist: Dist, run_dir: Path, logger: logging.L
     pool, what, indices = _query_images(config)
     per_rank_batch = dist.per_rank(config["batch_size"], "global batch", "--batch-size")
     steps = _steps_per_epoch(config["batch_size"], len(indices))
+    check_stolen(config, connection.out_dim, resume)  # every check before the first query
     answers, per_rank = _buy_answers(config, connection, pool, indices, what, per_rank_batch=per_rank_batch,
                                      dist=dist, run_dir=run_dir, logger=logger)
     queries_used = int(sum(per_rank))

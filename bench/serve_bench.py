@@ -4,8 +4,11 @@ Starts serve.py twice on a throwaway ledger (``--batching on`` and ``--batching 
 then for 1, 8 and 32 concurrent clients sends ``--requests`` requests per client of
 ``--images`` image(s) each and prints requests/s, images/s and the p50/p99 latency, and the
 speed-up batching gives at each concurrency. All in one run, same victim and machine.
+``--keys both`` also runs the batching server's clients without an ``Idempotency-Key`` (the client
+sends one per batch by default, and the server keeps each answer in its ledger) and prints what the
+keys cost.
 Usage: python bench/serve_bench.py [--victim-checkpoint CKPT] [--requests 40] [--images 1] [--wait-ms 0]
-       [--device cpu|cuda]
+       [--device cpu|cuda] [--keys on|off|both]
 (default victim: run.py's default run, ``python run.py --dataset mnistm5k`` makes it)
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch  # noqa: E402
 from attacks.client import HTTPConnection  # noqa: E402
 from service.ledger import Ledger  # noqa: E402
 from service.victim import load_victim  # noqa: E402
+from utils import run_cli  # noqa: E402
 
 
 def start(victim: str, ledger: str, batching: str, wait_ms: float, device: str) -> tuple[subprocess.Popen, str]:
@@ -54,13 +58,13 @@ def start(victim: str, ledger: str, batching: str, wait_ms: float, device: str) 
     raise RuntimeError("serve.py did not start")
 
 
-def load(url: str, key: str, clients: int, requests: int, n: int, size: int) -> dict:
+def load(url: str, key: str, clients: int, requests: int, n: int, size: int, keys: bool = True) -> dict:
     latencies: list[float] = []
     lock = threading.Lock()
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
 
     def client():
-        http = HTTPConnection(url, key)
+        http = HTTPConnection(url, key, idempotency_keys=keys)
         mine = []
         for _ in range(requests):
             t0 = time.perf_counter()
@@ -89,6 +93,9 @@ def main(argv=None) -> dict:
     p.add_argument("--wait-ms", type=float, default=0.0, help="serve.py --batch-wait-ms with batching")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
     p.add_argument("--device", default="cpu", help="the server's device (serve.py --device): cpu, cuda, auto")
+    p.add_argument("--keys", default="on", choices=["on", "off", "both"],
+                   help="send an Idempotency-Key with each batch (on: what HTTPConnection does), none, or both, "
+                        "alternated on the batching server, to measure what the keys cost")
     args = p.parse_args(argv)
     victim = load_victim(args.victim_checkpoint)
     results: dict = {}
@@ -99,7 +106,11 @@ def main(argv=None) -> dict:
             proc, url = start(str(victim.path), ledger, batching, args.wait_ms, args.device)
             try:
                 for c in args.clients:
-                    results[(label, c)] = load(url, key, c, args.requests, args.images, victim.image_size)
+                    results[(label, c)] = load(url, key, c, args.requests, args.images, victim.image_size,
+                                               keys=args.keys != "off")
+                    if args.keys == "both" and batching == "on":
+                        results[("batching, no keys", c)] = load(url, key, c, args.requests, args.images,
+                                                                 victim.image_size, keys=False)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -115,8 +126,12 @@ def main(argv=None) -> dict:
     for c in args.clients:
         print(f"batching speed-up at {c} client(s): "
               f"{results[('batching', c)]['img_s'] / results[('no batching', c)]['img_s']:.2f}x images/s")
+        if args.keys == "both":
+            print(f"idempotency keys at {c} client(s): "
+                  f"{results[('batching', c)]['img_s'] / results[('batching, no keys', c)]['img_s']:.2f}x the "
+                  f"images/s without")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

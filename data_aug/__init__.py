@@ -35,7 +35,7 @@ class DatasetInfo:
     # the last `holdout` images of the test split are the evaluation set when the victim's own
     # test split is used for queries (the reference keeps CIFAR10's last 1,000 out)
     holdout: int = 1000
-    # working resolution at cpu scale (paper scale: utils.SCALE_PRESETS, 224 for imagenet)
+    # working resolution at cpu scale (paper scale: engine.presets.SCALE_PRESETS, 224 for imagenet)
     cpu_image_size: int = 16
     # the split self-supervised training and out-of-distribution queries use (None: train_split);
     # STL10's is its 100k unlabeled images, as the reference's
@@ -74,7 +74,8 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("mnist", 10, False, ("train", "test"), 28, *_grey(0.1307, 0.3081), "MNIST (idx)"),
     DatasetInfo("fashionmnist", 10, False, ("train", "test"), 28, *_grey(0.2860, 0.3530), "Fashion-MNIST (idx)"),
     DatasetInfo("imagenet", 1000, False, ("train", "val"), 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                "ImageNet as an ImageFolder with train/ and val/", test_split="val"),
+                "ImageNet as an ImageFolder with train/ and val/", test_split="val",
+                cpu_image_size=28),  # the CPU stand-in: an image folder of mnistm5k (docs/imagenet.md)
 ]}
 
 OFFLINE = tuple(n for n, d in DATASETS.items() if d.offline)

@@ -180,19 +180,31 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
             yield images[gidx], labels[gidx], idx
         return
 
+    size = getattr(dataset, "image_size", None)
+
     class _Indexed(Dataset):
         def __len__(self):
             return stop
 
         def __getitem__(self, i):
             j = int(order[i])
-            img, label = dataset.load(j) if hasattr(dataset, "load") else dataset[j]
+            try:
+                img, label = dataset.load(j) if hasattr(dataset, "load") else dataset[j]
+            except UserError as err:
+                if size is None:
+                    raise
+                # a worker process's exception reaches the caller wrapped in its traceback's text: carry the
+                # sentence beside a blank image instead, and raise it as it is in the caller's process
+                return torch.zeros(3, size, size, dtype=torch.uint8), -1, j, str(err)
             if img.dtype != torch.uint8:
                 img = img.mul(255).round().clamp(0, 255).to(torch.uint8)
-            return img, label, j
+            return img, label, j, ""
 
     loader = DataLoader(_Indexed(), batch_size=batch_size, shuffle=False, drop_last=drop_last,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=False)
-    for images, labels, idx in loader:
+    for images, labels, idx, errors in loader:
+        failed = next((e for e in errors if e), None)
+        if failed is not None:
+            raise UserError(failed)
         yield (images.to(device, non_blocking=True), torch.as_tensor(labels).to(device), idx)

@@ -41,11 +41,21 @@ the check (tests use this with tiny fixtures). Setting the environment variable
 ``SSLSTEAL_SKIP_MD5=1`` makes ``verify=False`` the default, so end-to-end CLI runs can
 use such fixtures; an explicit ``verify=True`` still checks. MNIST's uncompressed idx
 files have no published checksum, so they are only checked for format.
+
+Untrusted files
+---------------
+CIFAR's files are pickles. Whatever the md5 setting they are read by a restricted unpickler
+(:class:`_CIFARUnpickler`: numpy arrays, lists, strings and numbers, nothing else), never by
+torchvision's classes, which use plain ``pickle.load``; a file naming any other Python object
+is refused in one sentence before anything in it runs. Image folders decode through
+:func:`load_image`, which names a corrupt, truncated or oversized image file in one sentence.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -110,26 +120,89 @@ def default_verify() -> bool:
 # md5 table), so these subclasses only re-check that the split's files exist.
 
 
-class _CIFARFiles:
-    def _check_integrity(self) -> bool:
-        files = self.train_list if self.train else self.test_list
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in files)
-
-    def _load_meta(self) -> None:  # class names only; optional for us
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        self.classes = []
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+class _RefusedGlobal(Exception):
+    """A CIFAR pickle names a Python object the restricted reader does not admit."""
 
 
-class _CIFAR10(_CIFARFiles, tvd.CIFAR10):
-    pass
+def _latin1_encode(text, encoding: str = "latin1"):
+    # what pickle protocol 2 writes for bytes from Python 3 (the format-exact fixtures): text.encode("latin1")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _RefusedGlobal(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
-class _CIFAR100(_CIFARFiles, tvd.CIFAR100):
-    pass
+def _plain_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # an object array would hold Python objects, not pixels
+        raise _RefusedGlobal(f"numpy.dtype({dtype!s})")
+    return dtype
+
+
+def _numpy_reconstruct():
+    core = getattr(np, "_core", None)  # numpy 2 (never import numpy.core there: it warns)
+    return (core if core is not None else np.core).multiarray._reconstruct
+
+
+# every global the official CIFAR pickles (Python 2, numpy 1) and format-exact ones written by Python 3
+# (protocol 2, numpy 2) name: numpy's array reconstruction, ndarray, dtype, and latin-1 bytes
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+                  ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype,
+                  ("_codecs", "encode"): _latin1_encode}
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    """Reads a CIFAR pickle without running code: only :data:`_CIFAR_GLOBALS` may be named, so a file
+    can hold dicts, lists, strings, numbers and numpy arrays of plain values, and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        found = _CIFAR_GLOBALS.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return found
+
+    def persistent_load(self, pid):
+        raise _RefusedGlobal("a persistent id")
+
+
+def _unpickle_cifar(name: str, split: str, path: str):
+    """One CIFAR file through :class:`_CIFARUnpickler` (latin-1 strings, as torchvision reads them),
+    whatever the md5 setting; a refused object or an unreadable file is one :class:`UserError`."""
+    try:
+        with open(path, "rb") as f:
+            return _CIFARUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise UserError(f"the {name} {split} file {path} holds Python objects other than arrays, lists and strings "
+                        f"({err}), so reading it could run code; replace it with the official file (or delete it "
+                        f"and use --download).") from None
+    except Exception as err:  # noqa: BLE001 - a malformed pickle fails in many ways
+        raise _parse_error(name, split, path, err) from err
+
+
+def _read_cifar(name: str, split: str, data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images (uint8 ``N x 3 x 32 x 32``) and labels from the python-version files, read
+    with the restricted unpickler; the class-name file (``batches.meta``/``meta``), when present, too."""
+    data, labels = [], []
+    for fname in _split_files(name, split):
+        path = os.path.join(data_dir, fname)
+        entry = _unpickle_cifar(name, split, path)
+        try:
+            rows = np.asarray(entry["data"])
+            file_labels = [int(v) for v in (entry["labels"] if "labels" in entry else entry["fine_labels"])]
+            if rows.dtype != np.uint8 or rows.size % 3072 or rows.size // 3072 != len(file_labels):
+                raise ValueError(f"{rows.size // 3072} images of {rows.dtype} but {len(file_labels)} labels")
+        except Exception as err:  # noqa: BLE001 - a dict of the wrong shape fails in many ways
+            raise _parse_error(name, split, path, err) from err
+        data.append(rows.reshape(-1, 3, 32, 32))
+        labels.extend(file_labels)
+    meta = _OFFICIAL[name].meta
+    meta_path = os.path.join(data_dir, meta["filename"])
+    if os.path.isfile(meta_path):
+        entry = _unpickle_cifar(name, split, meta_path)
+        if not isinstance(entry, dict) or not isinstance(entry.get(meta["key"]), list):
+            raise _parse_error(name, split, meta_path, ValueError(f"no list of {meta['key']}"))
+    images = torch.from_numpy(np.concatenate(data)) if data else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    return images, torch.as_tensor(labels, dtype=torch.long)
 
 
 class _SVHN(tvd.SVHN):
@@ -170,10 +243,11 @@ def _mnist_files(train: bool) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
 
+# torchvision's classes: their file and md5 tables, and downloading (never reading: the CIFAR classes
+# unpickle with plain pickle.load, so CIFAR is read by _read_cifar)
 _OFFICIAL = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "svhn": tvd.SVHN, "stl10": tvd.STL10,
              "mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST}
-_READER = {"cifar10": _CIFAR10, "cifar100": _CIFAR100, "svhn": _SVHN, "stl10": _STL10,
-           "mnist": _MNIST, "fashionmnist": _FashionMNIST}
+_READER = {"svhn": _SVHN, "stl10": _STL10, "mnist": _MNIST, "fashionmnist": _FashionMNIST}
 
 
 # ------------------------------------------------------------------ file tables
@@ -288,22 +362,6 @@ def _parse_error(name: str, split: str, path: str, err: BaseException) -> UserEr
 def _find_bad_file(name: str, data_dir: str, files: Sequence[str]) -> Optional[tuple[str, BaseException]]:
     """After a failed read, find which of the split's files is broken (first one wins)."""
     paths = [os.path.join(data_dir, f) for f in files]
-    if name in ("cifar10", "cifar100"):
-        meta = os.path.join(data_dir, _OFFICIAL[name].meta["filename"])
-        for path in paths + ([meta] if os.path.isfile(meta) else []):
-            try:
-                with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
-                if path == meta:
-                    entry[_OFFICIAL[name].meta["key"]]
-                    continue
-                data = np.asarray(entry["data"])
-                labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-                if data.size % 3072 or data.size // 3072 != len(labels):
-                    raise ValueError(f"{data.size // 3072} images but {len(labels)} labels")
-            except Exception as err:  # noqa: BLE001 - any failure marks the file as the broken one
-                return path, err
-        return None
     if name == "svhn":
         return None  # one file: the caller names it
     if name == "stl10":
@@ -328,7 +386,9 @@ def _download(name: str, root: str, split: str) -> None:
     """Let torchvision fetch (and md5-check) the official files into ``root``."""
     cls = _OFFICIAL[name]
     try:
-        if name == "svhn":
+        if name in ("cifar10", "cifar100"):  # the archive alone: torchvision's class would unpickle the files
+            tvd.utils.download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
+        elif name == "svhn":
             cls(os.path.join(root, "SVHN"), split=split, download=True)
         elif name == "stl10":
             cls(root, split=split, download=True)
@@ -367,7 +427,9 @@ def _check_files(name: str, root: str, split: str, verify: bool, download: bool)
 
 
 def _read(name: str, root: str, split: str, data_dir: str):
-    """Run torchvision's reader; return ``(images N x C x H x W uint8 tensor, labels long tensor)``."""
+    """Run torchvision's reader (CIFAR: ours); return ``(images N x C x H x W uint8 tensor, labels long tensor)``."""
+    if name in ("cifar10", "cifar100"):
+        return _read_cifar(name, split, data_dir)
     reader = _READER[name]
     try:
         if name == "svhn":
@@ -384,10 +446,7 @@ def _read(name: str, root: str, split: str, data_dir: str):
             raise _parse_error(name, split, path, err) from err
         raise _parse_error(name, split, found[0], found[1]) from err
 
-    if name in ("cifar10", "cifar100"):
-        images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        labels = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))
-    elif name in ("svhn", "stl10"):
+    if name in ("svhn", "stl10"):
         images = torch.from_numpy(np.asarray(ds.data))  # already N x C x H x W
         labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
     else:
@@ -414,12 +473,49 @@ def _check_labels(name: str, split: str, data_dir: str, images: torch.Tensor, la
                         f"replace them with a fresh copy of the official release.")
 
 
+def _pil_reason(err: BaseException) -> str:
+    """PIL's message without the file object's repr (``<_io.BufferedReader name=...>``, ``<... at 0x...>``)."""
+    text = re.sub(r"\s*<[^<>]*(?:name=|object at 0x)[^<>]*>", "", " ".join(str(err).split())).strip(" .:")
+    return text or type(err).__name__
+
+
+def load_image(path: str):
+    """An image folder's loader: the file at ``path`` as an RGB PIL image, or one :class:`UserError`
+    naming the file and the fix: not an image, truncated or corrupt, or a header declaring more
+    pixels than PIL decodes safely (its decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``: raised
+    here from the warning PIL gives above it, so no such image is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                return Image.open(f).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(f"the image file {path} is too large to decode safely ({_pil_reason(err).split(',')[0]}); "
+                        f"remove it or replace it with a smaller image.") from None
+    except UnidentifiedImageError:
+        raise UserError(f"the file {path} is not an image PIL can read (corrupt, or not an image despite its "
+                        f"name); remove it or replace it with a valid image.") from None
+    except OSError as err:
+        if err.filename is not None or err.errno is not None:  # the file system's error, not PIL's
+            raise UserError(f"cannot read the image file {path} ({err.strerror or _pil_reason(err)}); fix its "
+                            f"permissions, or remove it or replace it.") from None
+        what = "truncated" if "truncated" in str(err).lower() else "corrupt"
+        raise UserError(f"the image file {path} is {what} ({_pil_reason(err)}); remove it or replace it with a "
+                        f"complete copy.") from None
+    except Exception as err:  # noqa: BLE001 - PIL's decoders raise many types for a malformed file
+        raise UserError(f"the image file {path} is corrupt ({type(err).__name__}: {_pil_reason(err)}); remove it "
+                        f"or replace it with a valid image.") from None
+
+
 class _ImageFolder(tvd.ImageFolder):
-    """An ImageFolder whose class list is given (train's), so val labels line up with train."""
+    """An ImageFolder whose class list is given (train's), so val labels line up with train, and whose
+    loader (:func:`load_image`) turns a broken image into one sentence naming it."""
 
     def __init__(self, root: str, classes: list[str], **kwargs):
         self._given_classes = list(classes)
-        super().__init__(root, **kwargs)
+        super().__init__(root, loader=load_image, **kwargs)
 
     def find_classes(self, directory):
         return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}

@@ -21,6 +21,10 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"arch": "resnet18", "width": 8},  # image size: the dataset's cpu_image_size (28 for mnistm5k)
     "paper": {"arch": "resnet34", "width": 64, "image_size": 32},
 }
+# the paper's ImageNet setup (SimSiam's ResNet50 at 224 px) replaces the paper scale's CIFAR defaults; at
+# cpu scale imagenet is the CPU stand-in (an image folder of mnistm5k, docs/imagenet.md) and keeps the
+# cpu defaults: ResNet18 width 8 at its cpu_image_size, 28 px
+PAPER_IMAGENET = {"arch": "resnet50", "image_size": 224}
 
 
 def scale_of(dataset: str, scale: Optional[str] = None) -> str:
@@ -37,8 +41,8 @@ def preset_for(dataset: str, scale: Optional[str] = None) -> dict[str, Any]:
     preset = dict(SCALE_PRESETS[scale])
     if scale == "cpu":
         preset["image_size"] = DATASETS[dataset].cpu_image_size
-    if dataset == "imagenet":
-        preset.update(image_size=224, arch="resnet50")
+    elif dataset == "imagenet":
+        preset.update(PAPER_IMAGENET)
     return preset
 
 
@@ -88,8 +92,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = DEF
                         help="training dataset: " + ", ".join(DATASETS))
     parser.add_argument("--image-size", type=int, default=None,
                         help="working resolution in px (every image is resized once); "
-                             "cpu scale: 28 for mnist5k/mnistm5k, 16 for digits/digitsm; paper scale 32 "
-                             "(224 for imagenet)")
+                             "cpu scale: 28 for mnist5k/mnistm5k, 16 for digits/digitsm, 28 for imagenet (its "
+                             "CPU stand-in, an image folder of mnistm5k); paper scale 32 (224 for imagenet)")
     parser.add_argument("--download", action="store_true",
                         help="download a missing real dataset into -data DIR (needs internet)")
     parser.add_argument("--scale", default="auto", choices=["auto", "cpu", "paper"],
@@ -100,7 +104,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset_default: str = DEF
 
 def add_model_args(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
     parser.add_argument("-a", "--arch", default=None, choices=ARCHS,
-                        help="encoder architecture (by scale: cpu resnet18, paper resnet34)")
+                        help="encoder architecture (by scale: cpu resnet18, paper resnet34 (resnet50 for "
+                             "imagenet))")
     parser.add_argument("--width", type=int, default=None,
                         help="channels of the first ResNet stage; 64 is the standard ResNet, "
                              "8 trains in minutes on a CPU (by scale: cpu 8, paper 64)")

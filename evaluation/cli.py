@@ -39,6 +39,7 @@ from utils import (
     add_reference_args,
     append_jsonl,
     atomic_write_text,
+    check_writable,
     parse_tags,
     pick_device,
     read_jsonl,
@@ -288,6 +289,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
     if num_labeled is None and kind == "reference":
         num_labeled = REFERENCE_NUM_LABELED
     results_path = _results_path(args, loaded)
+    _check_outputs(args, paths, results_path, dataset_test)
     datasets: dict[int, tuple] = {}
     records = []
     for modeltype in args.modeltype:
@@ -400,11 +402,27 @@ def _fit_eval_probe(args: argparse.Namespace, probe_kind: str, modeltype: str, m
         test_batch_size=reference_test_batch(eval_set, args.batch_size))
 
 
+def _probe_path(checkpoint: Optional[str], modeltype: str, dataset_test: str, results_path: Path) -> Path:
+    """Where ``--save True`` writes a probe: beside its checkpoint (beside the results without one)."""
+    where = Path(checkpoint).parent if checkpoint else results_path.parent
+    return where / f"probe_{modeltype}_{dataset_test}.pt"
+
+
+def _check_outputs(args: argparse.Namespace, paths: dict[str, Optional[str]], results_path: Path,
+                   dataset_test: str) -> None:
+    """Before any feature or probe is computed: the results file and, with ``--save True``, every probe
+    file can be written (one sentence if not, so no evaluation is lost at its end)."""
+    check_writable(results_path, what="the results file", fix="pass a writable --results PATH")
+    if args.save:
+        for modeltype, checkpoint in paths.items():
+            check_writable(_probe_path(checkpoint, modeltype, dataset_test, results_path), what="the probe file",
+                           fix="make its folder writable, or drop --save True")
+
+
 def _save_eval_probe(probe: Probe, record: dict, results_path: Path) -> Path:
     """``--save True``: write the probe of ``record`` beside its checkpoint (beside the results without one)."""
     path, modeltype, dataset_test = record["checkpoint"], record["modeltype"], record["dataset_test"]
-    where = Path(path).parent if path else results_path.parent
-    probe_path = where / f"probe_{modeltype}_{dataset_test}.pt"
+    probe_path = _probe_path(path, modeltype, dataset_test, results_path)
     metrics = record["metrics"]
     # a random encoder is not saved: its probe names no checkpoint to reuse it with
     return save_probe(probe_path, probe, probe=record["probe"], modeltype=modeltype, dataset_test=dataset_test,

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from data_aug import DATASETS, SimCLRAugment, iterate_batches, to_float
 from engine.lars import LARS
+from models.checkpoint import read_torch_file
 from models.probe import DEFAULT_L2_GRID, Probe, encoder_inputs, extract_features, fit_probe
 from utils import (
     UserError,
@@ -513,11 +514,7 @@ def load_probe(path: str | Path) -> tuple[Probe, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"probe file {path} does not exist; write one with `linear_eval.py --save True`")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or unsafe file
-        raise UserError(f"cannot read probe file {path} ({type(err).__name__}); write it again with "
-                        f"`linear_eval.py --save True`") from err
+    obj = read_torch_file(path, what="probe file", kind="probe file written by `linear_eval.py --save True`")
     if not isinstance(obj, dict) or obj.get("format") != PROBE_FORMAT:
         raise UserError(f"{path} is not a probe file written by `linear_eval.py --save True`")
     sd = obj["state_dict"]

@@ -23,7 +23,8 @@ encoders in that format.
 from __future__ import annotations
 
 import os
-import pickle
+import pickletools
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -84,25 +85,53 @@ def save_checkpoint(path: os.PathLike | str, *, encoder: nn.Module, head: Option
     return Path(path)
 
 
+# pickle opcodes that name or call a Python object: a plain pickle holding one of them would run code
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE",
+                           "EXT1", "EXT2", "EXT4"})
+
+
+def _pickle_names_objects(path: Path) -> bool:
+    """Whether ``path`` is one whole pickle stream (read opcode by opcode, nothing run) that names or
+    calls a Python object: a plain ``pickle.dump`` of anything but plain values. Random bytes are not a
+    whole stream."""
+    found = False
+    try:
+        with open(path, "rb") as f:
+            for opcode, _, _ in pickletools.genops(f):
+                found = found or opcode.name in _CODE_OPCODES
+    except Exception:  # noqa: BLE001 - not a pickle stream (or a truncated one)
+        return False
+    return found
+
+
+def read_torch_file(path: os.PathLike | str, *, what: str = "checkpoint", kind: str = "PyTorch checkpoint",
+                    map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, the one place the project unpickles a torch file, with
+    torch's warnings silenced and every failure one :class:`CheckpointError`: a file holding Python
+    objects other than tensors and plain values (torch's refusal, or a plain pickle that names any) is
+    refused because loading it could run code; anything else unreadable is corrupt or not a ``kind``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on a plain pickle's protocol
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        if "GLOBAL" in str(err) or _pickle_names_objects(path):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects other than tensors and plain values, so "
+                f"loading it could run code; load only {what}s you trust, saved as a plain state dict "
+                f"(torch.save(model.state_dict(), PATH))") from None
+        raise CheckpointError(f"cannot read {what} {path}: the file is corrupt or not a {kind} "
+                              f"({type(err).__name__})") from None
+
+
 def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict:
     """Read a checkpoint safely; every failure becomes one clear :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path "
                               f"(a run writes its checkpoint as <logdir>/checkpoint.pt)")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # not a forbidden object: the bytes are simply not a checkpoint
-            raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a "
-                                  f"PyTorch checkpoint") from err
-        raise CheckpointError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain "
-            f"values, so it may run code when unpickled; only load checkpoints you trust "
-            f"after converting them to a plain state dict") from err
-    except Exception as err:  # torch raises many types (RuntimeError, EOFError, IndexError, ...)
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a "
-                              f"PyTorch checkpoint ({type(err).__name__})") from err
+    obj = read_torch_file(path, map_location=map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
     return obj

@@ -13,27 +13,58 @@ Endpoints (JSON; errors are ``{"error": "<one sentence>"}`` with the status code
   "used": ..., "remaining": ...}`` (raw float32 bytes: the answers arrive bit for bit).
 
 Auth is ``Authorization: Bearer <key>`` (keys from ``serve.py accounts create``, stored
-hashed). A batch is validated first (body size, batch size, dtype, shape, PNG dimensions
-before decoding: no decompression bombs), then answered, then recorded in the ledger in one
+hashed; a revoked key is refused from its next request). A batch is validated first (body size,
+batch size, each field's exact JSON type, shape, PNG dimensions from the header bytes before
+decoding: no decompression bombs), then answered, then recorded in the ledger in one
 transaction with the budget check, and only then sent: a refused request counts nothing, and
 an answered one is always in the ledger. Status codes: 400 malformed, 401 key, 402 budget,
-403 a wrong proof of work, 413 too large, 422 wrong shape or type, 429 over the account's rate
-limit (``retry_after`` seconds in the body), 428 a proof of work is
-required (the body carries ``"puzzle": {"challenge", "bits"}``; the client solves it and sends
-the batch again with ``"proof": {"challenge", "nonce"}``).
+403 head output or a wrong proof of work, 413 too large, 422 wrong shape or type, 429 over the
+account's rate limit (``retry_after`` seconds in the body and a ``Retry-After`` header), 428 a
+proof of work is required (the body carries ``"puzzle": {"challenge", "bits"}``; the client
+solves it and sends the batch again with ``"proof": {"challenge", "nonce"}``). No request is
+answered with a 5xx unless the service itself is at fault.
+
+A client may send ``Idempotency-Key: <token>`` with a batch: the final answer to it (200, 402 or
+403) is kept in the ledger with the SHA-256 of the body, in the same transaction as the batch,
+so a retry with the same key (after a lost reply, or a server SIGKILL) gets that answer again
+(``Idempotent-Replayed: true``) without being charged twice. The whole contract is published as
+OpenAPI at ``/openapi.json`` (:mod:`service.contract`) and in ``docs/serving.md``.
 """
 
-import json
+import hashlib
 import queue
+import re
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from service.ledger import AuthError, Ledger
-from service.wire import Limits, RequestError, decode_images, encode_array, image_hashes
+from service import contract
+from service.ledger import AuthError, Ledger, Recorded, Replay
+from service.wire import (
+    Limits,
+    RequestError,
+    decode_images,
+    decode_proof,
+    encode_array,
+    image_hashes,
+    parse_json,
+    scrub,
+)
 from utils import ProofRequired, QueryBudgetExceeded, UserError
+
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")  # printable ASCII, no spaces
+FINAL_REFUSALS = (402, 403)  # kept under an Idempotency-Key: a retry gets the same refusal
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+@dataclass
+class Answer:
+    """A 200 answer and its extra headers (a replayed one says so)."""
+    body: dict
+    headers: dict = field(default_factory=dict)
 
 
 class Batcher:
@@ -123,7 +154,8 @@ class Gateway:
                 self._buckets[account.name] = [tokens, now]
                 wait = (1.0 - tokens) / rate
                 raise RequestError(429, f"account {account.name!r} is limited to {rate:g} requests per second; "
-                                        f"retry in {wait:.2f} s", retry_after=round(wait, 3))
+                                        f"retry in {wait:.2f} s", retry_after=round(wait, 3),
+                                   headers={"Retry-After": str(max(1, round(wait + 0.5)))})
             self._buckets[account.name] = [tokens - 1.0, now]
 
     def account(self, authorization: Optional[str]):
@@ -173,32 +205,57 @@ class Gateway:
 
     # ------------------------------------------------------------------ answering
 
-    def embeddings(self, authorization: Optional[str], body: bytes) -> dict:
+    def embeddings(self, authorization: Optional[str], body: bytes,
+                   idempotency_key: Optional[str] = None) -> Answer:
+        """Answer one batch (see the module docstring); with ``idempotency_key``, a batch answered
+        (or finally refused) before under that key gets the same answer again, uncharged."""
         account = self.account(authorization)
         self.throttle(account)
         if len(body) > self.limits.max_body_bytes:
             raise RequestError(413, f"the body is {len(body)} bytes; the limit is {self.limits.max_body_bytes}")
+        if idempotency_key is None:
+            return Answer(self._answer(account, body, None))
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise RequestError(400, "the Idempotency-Key header must be 1 to 255 printable ASCII characters "
+                                    "without spaces")
+        request = hashlib.sha256(body).hexdigest()
+        earlier = self.ledger.recorded(account.name, idempotency_key)
+        if earlier is not None:
+            return self._replay(earlier, request)
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RequestError(400, f"the body is not JSON: {err}") from None
-        if not isinstance(payload, dict):
-            raise RequestError(400, "the body must be a JSON object")
+            return Answer(self._answer(account, body, (idempotency_key, request)))
+        except Replay as replay:  # a concurrent request with this key was recorded first
+            return self._replay(replay.recorded, request)
+        except RequestError as err:
+            if err.status in FINAL_REFUSALS:
+                self.ledger.remember(account.name, idempotency_key, request, err.status,
+                                     {"error": err.message, **err.extra})
+            raise
+
+    @staticmethod
+    def _replay(earlier: Recorded, request: str) -> Answer:
+        if earlier.request != request:
+            raise RequestError(422, "this Idempotency-Key was sent before with a different body; use a new key "
+                                    "for a new batch")
+        if earlier.status == 200:
+            return Answer(earlier.response, dict(REPLAYED))
+        extra = {k: v for k, v in earlier.response.items() if k != "error"}
+        raise RequestError(earlier.status, earlier.response.get("error", "refused"), headers=dict(REPLAYED), **extra)
+
+    def _answer(self, account, body: bytes, idempotent: Optional[tuple]) -> dict:
+        payload = parse_json(body)
         output = payload.get("output")
         if output is not None and not isinstance(output, str):
             raise RequestError(400, "'output' must be the name of an output (see /v1/info's 'outputs')")
         try:
             output = self.service.output_name(output)
         except UserError as err:
-            raise RequestError(422, str(err)) from None
+            raise RequestError(422, str(err)[:300]) from None
         if self.is_head(output) and not account.head_access:
             raise RequestError(403, f"account {account.name!r} has no head access, so it cannot ask for "
                                     f"{output!r}; ask the service's admin for an account with head access")
         images = decode_images(payload, self.size, self.limits)
-        proof = payload.get("proof")
-        if proof is not None and not (isinstance(proof, dict) and isinstance(proof.get("challenge"), str)
-                                      and isinstance(proof.get("nonce"), int)):
-            raise RequestError(400, "'proof' must be {\"challenge\": <hex string>, \"nonce\": <int>}")
+        proof = decode_proof(payload.get("proof"))
         n = images.shape[0]
         if account.budget is not None and account.used + n > account.budget:
             raise RequestError(402, f"account {account.name!r}: {n} queries would exceed its budget of "
@@ -230,47 +287,63 @@ class Gateway:
                 rows = {(name, key): tensor[before[name].get(key, 0):]
                         for name, (_, histories) in snapshot.items() for key, tensor in histories.items()}
                 decisions = {d.name: d.decision(state.get(d.name, {})) for d in self.service.defenses}
+                reply = {**encode_array(answers.float()), "output": output}
                 # recorded (with the budget checked again, atomically) before the answers leave
                 after = self.ledger.record(account.name, n, image_hashes(images), decisions,
                                            states={name: scalars for name, (scalars, _) in snapshot.items()},
-                                           rows=rows)
+                                           rows=rows, idempotent=None if idempotent is None else (*idempotent, reply))
             except QueryBudgetExceeded as err:  # another server process on this ledger spent it first
                 self._forget(account.name)
                 raise RequestError(402, str(err)) from None
             except BaseException:
                 self._forget(account.name)  # nothing was recorded: the ledger's state is the truth
                 raise
-        return {**encode_array(answers.float()), "output": output, "used": after.used, "remaining": after.remaining}
+        return {**reply, "used": after.used, "remaining": after.remaining}
 
 
 def build_app(gateway: Gateway):
-    """The FastAPI app over ``gateway``."""
+    """The FastAPI app over ``gateway``, its OpenAPI schema written from :mod:`service.contract`
+    with this service's limits."""
     from fastapi import FastAPI, Request
+    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="sslsteal victim service", description=__doc__)
+    outputs = list(gateway.service.outputs)
 
     def guarded(fn, *args):
         try:
-            return JSONResponse(fn(*args))
+            answer = fn(*args)
+            if isinstance(answer, Answer):
+                return JSONResponse(answer.body, headers=answer.headers)
+            return JSONResponse(answer)
         except RequestError as err:
-            return JSONResponse({"error": err.message, **err.extra}, status_code=err.status)
+            headers = err.extra.pop("headers", None)
+            return JSONResponse({"error": err.message, **err.extra}, status_code=err.status, headers=headers)
         except Exception as err:  # a fault of the service, not of the request: nothing was recorded
-            return JSONResponse({"error": f"internal error ({type(err).__name__}): {err}"}, status_code=500)
+            return JSONResponse({"error": scrub(f"internal error ({type(err).__name__}): {err}")[:500]},
+                                status_code=500)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"description": "the process is up",
+                                          "content": {"application/json": {"schema": {
+                                              "type": "object", "required": ["ok"],
+                                              "properties": {"ok": {"type": "boolean"}}}}}}})
     def healthz():
         return {"ok": True}
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", responses={200: contract._json(contract.INFO, "what the service publishes to this account"),
+                                    **contract.auth_responses()})
     def info(request: Request):
         return guarded(gateway.info, request.headers.get("authorization"))
 
-    @app.get("/v1/usage")
+    @app.get("/v1/usage", responses={200: contract._json(contract.USAGE, "the account's queries"),
+                                     **contract.auth_responses()})
     def usage(request: Request):
         return guarded(gateway.usage, request.headers.get("authorization"))
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=contract.embeddings_responses(),
+              openapi_extra={"requestBody": contract.embeddings_request(gateway.size, gateway.limits, outputs),
+                             "parameters": [contract.IDEMPOTENCY_HEADER]})
     async def embeddings(request: Request):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > gateway.limits.max_body_bytes:
@@ -286,6 +359,14 @@ def build_app(gateway: Gateway):
         body = b"".join(chunks)
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(guarded, gateway.embeddings, request.headers.get("authorization"), body)
+        return await run_in_threadpool(guarded, gateway.embeddings, request.headers.get("authorization"), body,
+                                       request.headers.get("idempotency-key"))
 
+    def openapi():
+        if app.openapi_schema is None:
+            app.openapi_schema = contract.add_security(get_openapi(
+                title=app.title, version="1", description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

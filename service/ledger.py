@@ -6,7 +6,8 @@ but never an entry. One SQL database holds
 
 * ``accounts``: name, the SHA-256 of its API key (the key itself is shown once, at creation,
   and never stored), budget (``NULL`` = unlimited), queries used, requests, head access, rate
-  limit (requests per second, ``NULL`` = none) and expiry time;
+  limit (requests per second, ``NULL`` = none), expiry time and revocation time (a revoked key
+  is refused at once; its rows stay);
 * ``batches``: one row per answered batch: account, time, number of images, the SHA-256 of
   each image's bytes and the defenses' decisions (JSON);
 * ``defense_state``: per account and defense, a JSON document of its counters (flagged queries,
@@ -14,7 +15,12 @@ but never an entry. One SQL database holds
 * ``defense_rows``: the rows each answered batch added to a defense's history of the account's
   answers (similar-query detection, the proof of work's deviation score), float32 bytes,
   appended, never rewritten: so per-account defenses survive a restart whole, and a write
-  costs the batch, not the history.
+  costs the batch, not the history;
+* ``idempotent``: per account and ``Idempotency-Key`` (a token the client picks per batch), the
+  SHA-256 of the request body and the final answer given to it (status and JSON body), written
+  in the same transaction as the batch it answered: a retry with the same key, after a lost
+  reply or a server SIGKILL, gets the recorded answer and is not charged again. Rows older than
+  ``idempotency_ttl`` seconds (default a day) are dropped.
 
 :meth:`Ledger.record` checks the budget, appends the batch and increments the account's
 counters in **one transaction** (SQLite ``BEGIN IMMEDIATE``: one writer at a time, others
@@ -60,7 +66,8 @@ SCHEMA = (
         head_access INTEGER NOT NULL DEFAULT 0,
         rate_limit {float},
         created {float} NOT NULL,
-        expires {float})""",
+        expires {float},
+        revoked {float})""",
     """CREATE TABLE IF NOT EXISTS batches (
         id {serial},
         account TEXT NOT NULL REFERENCES accounts(name),
@@ -82,11 +89,39 @@ SCHEMA = (
         dim INTEGER NOT NULL,
         rows {blob} NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS defense_rows_account ON defense_rows(account, defense)",
+    """CREATE TABLE IF NOT EXISTS idempotent (
+        account TEXT NOT NULL REFERENCES accounts(name),
+        ikey TEXT NOT NULL,
+        request TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        response TEXT NOT NULL,
+        time {float} NOT NULL,
+        PRIMARY KEY (account, ikey))""",
+    "CREATE INDEX IF NOT EXISTS idempotent_time ON idempotent(time)",
 )
+# columns added after the first release: (table, column, type), added to an older ledger on open
+MIGRATIONS = (("accounts", "revoked", "{float}"),)
 
 
 class AuthError(UserError):
-    """A missing, unknown or expired API key."""
+    """A missing, unknown, expired or revoked API key."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The answer given to an ``Idempotency-Key`` (see :meth:`Ledger.remember`)."""
+    request: str  # SHA-256 of the request body it answered
+    status: int
+    response: dict
+
+
+class Replay(Exception):
+    """Raised by :meth:`Ledger.record` when the batch's ``Idempotency-Key`` was answered already
+    (by a concurrent request or an earlier attempt): nothing was charged; ``recorded`` is that answer."""
+
+    def __init__(self, recorded: Recorded):
+        super().__init__("this Idempotency-Key was answered already")
+        self.recorded = recorded
 
 
 @dataclass(frozen=True)
@@ -99,6 +134,7 @@ class AccountRecord:
     head_access: bool
     rate_limit: Optional[float]
     expires: Optional[float]
+    revoked: Optional[float] = None
 
     @property
     def remaining(self) -> Optional[int]:
@@ -157,9 +193,10 @@ class Ledger:
     """The durable ledger behind the service (see the module docstring). Thread-safe: each
     thread gets its own connection; several processes may open the same file or database."""
 
-    def __init__(self, url: str | Path = "ledger.db", *, timeout: float = 30.0):
+    def __init__(self, url: str | Path = "ledger.db", *, timeout: float = 30.0,
+                 idempotency_ttl: float = 86400.0):
         url = str(url)
-        self.url, self.timeout = url, timeout
+        self.url, self.timeout, self.idempotency_ttl = url, timeout, idempotency_ttl
         self._local = threading.local()
         self._memory = None
         if url.startswith(("postgresql://", "postgres://")):
@@ -168,22 +205,39 @@ class Ledger:
                                 "pip install 'psycopg[binary]' (or pass a file path or sqlite:///PATH)")
             self.dialect, self.path = POSTGRES, url.split("@")[-1]  # where, without the password
             self._db()
-            with self._transaction() as c:
-                for statement in SCHEMA:
-                    c.execute(statement.format(**self.dialect.types))
+            self._create()
             return
         self.dialect, self.path = SQLITE, sqlite_path(url)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = self._db()
-        if self.path != ":memory:":
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise UserError(f"the ledger {self.path} cannot use write-ahead logging (journal mode {mode}); "
-                                f"put it on a local disk")
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = self._db()
+            if self.path != ":memory:":
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise UserError(f"the ledger {self.path} cannot use write-ahead logging (journal mode "
+                                    f"{mode}); put it on a local disk")
+            self._create()
+        except (OSError, sqlite3.Error) as err:  # an unwritable folder, a read-only disk, not a database
+            self.close()
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise UserError(f"cannot open the ledger {self.path}: {reason}; pass --ledger a SQLite file in a "
+                            f"writable folder (it is created there)") from None
+
+    def _create(self) -> None:
+        """The tables (made on first use), and the columns a ledger of an older release lacks."""
         with self._transaction() as c:
             for statement in SCHEMA:
                 c.execute(statement.format(**self.dialect.types))
+            for table, column, kind in MIGRATIONS:
+                kind = kind.format(**self.dialect.types)
+                if self.dialect is POSTGRES:  # ALTER locks the table even when the column exists: ask first
+                    have = {row[0] for row in c.execute("SELECT column_name FROM information_schema.columns "
+                                                        "WHERE table_name = ?", (table,))}
+                else:
+                    have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # ------------------------------------------------------------------ connections
 
@@ -268,10 +322,10 @@ class Ledger:
         return key
 
     def _row(self, row) -> AccountRecord:
-        name, budget, used, requests, head, rate, expires = row
-        return AccountRecord(name, budget, used, requests, bool(head), rate, expires)
+        name, budget, used, requests, head, rate, expires, revoked = row
+        return AccountRecord(name, budget, used, requests, bool(head), rate, expires, revoked)
 
-    _COLUMNS = "name, budget, used, requests, head_access, rate_limit, expires"
+    _COLUMNS = "name, budget, used, requests, head_access, rate_limit, expires, revoked"
 
     def account(self, name: str) -> AccountRecord:
         row = self._db().execute(f"SELECT {self._COLUMNS} FROM accounts WHERE name = ?", (name,)).fetchone()
@@ -288,15 +342,44 @@ class Ledger:
         if row is None:
             raise AuthError("unknown API key; ask the service's admin for one")
         record = self._row(row)
+        if record.revoked is not None:
+            raise AuthError(f"the API key of account {record.name!r} was revoked; ask the service's admin "
+                            f"for a new account")
         if record.expires is not None and (now or time.time()) >= record.expires:
             raise AuthError(f"the API key of account {record.name!r} has expired")
         return record
+
+    def revoke(self, name: str) -> bool:
+        """Stop ``name``'s key from working, from the next request on (its rows stay, for the
+        books); ``False`` when it was revoked already."""
+        with self._transaction() as c:
+            row = c.execute("SELECT revoked FROM accounts WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UserError(f"no account {name!r} in the ledger {self.path}; `serve.py accounts list` "
+                                f"shows the accounts")
+            if row[0] is not None:
+                return False
+            c.execute("UPDATE accounts SET revoked = ? WHERE name = ?", (time.time(), name))
+        return True
+
+    def delete(self, name: str) -> dict:
+        """Remove ``name`` and everything recorded of it (batches, defense state and rows, recorded
+        answers), in one transaction; returns how many rows of each table went."""
+        removed = {}
+        with self._transaction() as c:
+            if c.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone() is None:
+                raise UserError(f"no account {name!r} in the ledger {self.path}; `serve.py accounts list` "
+                                f"shows the accounts")
+            for table, column in (("idempotent", "account"), ("defense_rows", "account"),
+                                  ("defense_state", "account"), ("batches", "account"), ("accounts", "name")):
+                removed[table] = c.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,)).rowcount
+        return removed
 
     # ------------------------------------------------------------------ queries
 
     def record(self, name: str, count: int, input_hashes: Iterable[str] = (),
                decisions: Optional[dict] = None, *, states: Optional[dict] = None,
-               rows: Optional[dict] = None) -> AccountRecord:
+               rows: Optional[dict] = None, idempotent: Optional[tuple] = None) -> AccountRecord:
         """Count ``count`` queries of ``name`` and append their batch, in one transaction; refuse
         the whole batch (:class:`utils.QueryBudgetExceeded`, nothing written) if it would take the
         account past its budget. Returns the account after the batch.
@@ -304,7 +387,12 @@ class Ledger:
         ``states`` (defense -> JSON-able dict) and ``rows`` ((defense, name) -> the ``N x D``
         tensor of rows this batch added to that history) are the defenses' state after the
         batch, written in the same transaction: the ledger never holds a batch without the
-        state it led to, nor the reverse."""
+        state it led to, nor the reverse.
+
+        ``idempotent`` is ``(key, request hash, response)``: the answer is kept under the client's
+        ``Idempotency-Key`` in the same transaction (``response`` with the account's ``used`` and
+        ``remaining`` after the batch added); when that key was answered already, nothing is
+        written and :class:`Replay` carries the earlier answer."""
         if count < 1:
             raise ValueError(f"a batch holds at least one query, got {count}")
         hashes = list(input_hashes)
@@ -316,6 +404,10 @@ class Ledger:
             if row is None:
                 raise UserError(f"no account {name!r} in the ledger {self.path}")
             account = self._row(row)
+            if idempotent is not None:
+                earlier = self._recorded(c, name, idempotent[0])
+                if earlier is not None:
+                    raise Replay(earlier)
             if account.budget is not None and account.used + count > account.budget:
                 raise QueryBudgetExceeded(f"account {name!r}: answering {count} queries would exceed its budget "
                                           f"of {account.budget} ({account.used} used)")
@@ -329,8 +421,36 @@ class Ledger:
                     data = tensor.detach().float().cpu().contiguous().numpy().tobytes()
                     c.execute("INSERT INTO defense_rows (account, defense, name, dim, rows) VALUES (?, ?, ?, ?, ?)",
                               (name, defense, key, int(tensor.shape[1]), data))
-        return AccountRecord(account.name, account.budget, account.used + count, account.requests + 1,
-                             account.head_access, account.rate_limit, account.expires)
+            after = AccountRecord(account.name, account.budget, account.used + count, account.requests + 1,
+                                  account.head_access, account.rate_limit, account.expires, account.revoked)
+            if idempotent is not None:
+                key, request, response = idempotent
+                self._remember(c, name, key, request, 200, {**response, "used": after.used,
+                                                             "remaining": after.remaining})
+        return after
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    def _recorded(self, c, name: str, key: str) -> Optional[Recorded]:
+        row = c.execute("SELECT request, status, response FROM idempotent WHERE account = ? AND ikey = ? "
+                        "AND time >= ?", (name, key, time.time() - self.idempotency_ttl)).fetchone()
+        return None if row is None else Recorded(row[0], int(row[1]), json.loads(row[2]))
+
+    def _remember(self, c, name: str, key: str, request: str, status: int, response: dict) -> None:
+        now = time.time()
+        c.execute("DELETE FROM idempotent WHERE time < ?", (now - self.idempotency_ttl,))
+        c.execute("INSERT INTO idempotent (account, ikey, request, status, response, time) VALUES (?, ?, ?, ?, ?, ?) "
+                  "ON CONFLICT (account, ikey) DO NOTHING", (name, key, request, status, json.dumps(response), now))
+
+    def recorded(self, name: str, key: str) -> Optional[Recorded]:
+        """The answer given to ``name``'s ``Idempotency-Key`` ``key`` (``None``: none yet, or expired)."""
+        return self._recorded(self._db(), name, key)
+
+    def remember(self, name: str, key: str, request: str, status: int, response: dict) -> None:
+        """Keep a final refusal (402, 403) under an ``Idempotency-Key``, so its retry gets the same
+        answer; a key that holds an answer already keeps it."""
+        with self._transaction() as c:
+            self._remember(c, name, key, request, status, response)
 
     def names(self) -> list[str]:
         return [name for (name,) in self._db().execute("SELECT name FROM accounts ORDER BY name")]

@@ -38,8 +38,8 @@ def start_server(victim, ledger, port=None, extra=()):
             time.sleep(0.2)
 
 
-def post(url, body: bytes, key=None, path="/v1/embeddings"):
-    headers = {"Content-Type": "application/json"}
+def post(url, body: bytes, key=None, path="/v1/embeddings", headers=None):
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     try:
