@@ -30,6 +30,8 @@ PROOF = {
                    "nonce": {"type": "integer", "minimum": 0, "maximum": NONCE_LIMIT - 1}},
 }
 
+HEALTH = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+
 USAGE = {
     "type": "object", "required": ["account", "used", "requests", "budget", "remaining"],
     "properties": {"account": {"type": "string"}, "used": {"type": "integer", "minimum": 0},
@@ -71,7 +73,8 @@ STATUSES = {
 }
 
 
-def _json(schema: dict, description: str) -> dict:
+def json_body(schema: dict, description: str) -> dict:
+    """An OpenAPI response: ``description`` and a JSON body of ``schema``."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -122,13 +125,13 @@ def embeddings_responses() -> dict:
                      "description": "base64 of the B x D answers as little-endian float32, row by row"},
             "output": {"type": "string"},
             "used": {"type": "integer", "minimum": 0}, "remaining": {"type": ["integer", "null"]}}}
-    out = {200: _json(answer, "the answers; the batch is in the ledger before they leave")}
-    out.update({code: _json(ERROR, text) for code, text in STATUSES.items()})
+    out = {200: json_body(answer, "the answers; the batch is in the ledger before they leave")}
+    out.update({code: json_body(ERROR, text) for code, text in STATUSES.items()})
     return out
 
 
 def auth_responses() -> dict:
-    return {401: _json(ERROR, STATUSES[401])}
+    return {401: json_body(ERROR, STATUSES[401])}
 
 
 def add_security(schema: dict) -> dict:

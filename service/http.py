@@ -324,19 +324,16 @@ def build_app(gateway: Gateway):
             return JSONResponse({"error": scrub(f"internal error ({type(err).__name__}): {err}")[:500]},
                                 status_code=500)
 
-    @app.get("/healthz", responses={200: {"description": "the process is up",
-                                          "content": {"application/json": {"schema": {
-                                              "type": "object", "required": ["ok"],
-                                              "properties": {"ok": {"type": "boolean"}}}}}}})
+    @app.get("/healthz", responses={200: contract.json_body(contract.HEALTH, "the process is up")})
     def healthz():
         return {"ok": True}
 
-    @app.get("/v1/info", responses={200: contract._json(contract.INFO, "what the service publishes to this account"),
-                                    **contract.auth_responses()})
+    @app.get("/v1/info", responses={200: contract.json_body(contract.INFO, "what the service publishes to this "
+                                                                          "account"), **contract.auth_responses()})
     def info(request: Request):
         return guarded(gateway.info, request.headers.get("authorization"))
 
-    @app.get("/v1/usage", responses={200: contract._json(contract.USAGE, "the account's queries"),
+    @app.get("/v1/usage", responses={200: contract.json_body(contract.USAGE, "the account's queries"),
                                      **contract.auth_responses()})
     def usage(request: Request):
         return guarded(gateway.usage, request.headers.get("authorization"))
