@@ -6,9 +6,10 @@ and the paper's numbers from ``docs/paper_results.yaml``. Per table: our top-1 a
 claims checked, and PNG plots with error bars (accuracy versus number of queries, loss
 bars, and the query-efficiency figure).
 
-A claim compares intervals: it *holds* when the intervals are apart in the claimed
-direction, *does not hold* when they are apart the other way, and is *inconclusive* when
-they overlap (or when fewer than two seeds give no interval at all).
+Every claim follows one statistics rule, written once in ``reports/stats.py`` and stated at
+the top of the report: rows that share their seeds are compared paired by seed (otherwise by
+an unpaired Welch interval), and a claim of no difference needs an equivalence test with a
+margin of 2 points (else it is "not shown").
 
   python report.py                      # all results/*.jsonl -> results/REPORT.md + PNGs
   python report.py --results-dir R --out R/REPORT.md

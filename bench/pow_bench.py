@@ -5,7 +5,7 @@ seeded generator, so a run is reproducible) and prints a markdown table of the e
 hashes 2^k, the mean hashes measured, the mean solve time +- its standard deviation and the
 measured hash rate (at k = 0 the solver hashes nothing, so its "hash rate" is just call
 overhead). Then predicts, from the hash rate pooled over all puzzles, the mean
-solve time at k = 22, 24 and 28. Single-threaded pure-Python solver (hashlib's sha256).
+solve time at k = 22, 24 and 28. Single-threaded solver: a Python loop over hashlib's SHA-256 (C).
 Usage: python bench/pow_bench.py [--bits 0,4,8,12,14,16,18,20] [--puzzles 20] [--seed 0] [--out pow.jsonl]
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     # Pooled over every puzzle: dominated by the hardest k, where per-call overhead is negligible.
     total_s = sum(m["solve_s_total"] for m in rows)
     rate = sum(m["hashes_total"] for m in rows) / total_s if total_s > 0 else float("nan")
-    print(f"\nmeasured hash rate (all puzzles pooled): {rate:,.0f} hashes/s (one core, pure Python)")
+    print(f"\nmeasured hash rate (all puzzles pooled): {rate:,.0f} hashes/s (one core, a Python loop over hashlib)")
     for bits in PREDICT_BITS:
         s = expected_hashes(bits) / rate
         print(f"  predicted mean solve time at k = {bits}: {s:,.1f} s")

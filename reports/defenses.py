@@ -2,8 +2,8 @@
 
 Called by ``report.py``; reads the same records (``results/<table>_<scale>.jsonl``, written by
 ``scripts/tables.py``) and the paper's numbers. Accuracies are mean ± 95% CI over seeds; a
-claim compares per-seed differences (paired: the legitimate user and the adversary of one
-seed face the same victim).
+claim follows the one statistics rule (:mod:`reports.stats`): paired by seed, since the
+legitimate user and the adversary of one seed face the same victim (Welch where seeds differ).
 """
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from reports.stats import Estimate, estimate, mean_sd, save_plot, sign_verdict
+from reports.stats import (
+    Difference,
+    contrast,
+    describe,
+    difference,
+    estimate,
+    exceeds,
+    mean_sd,
+    pairing_units,
+    save_plot,
+)
 
 NOISE_TABLES = ("table10", "table11", "table12", "poison")
 
@@ -32,12 +42,12 @@ def _paper_cell(ref: dict, row: str, column: str):
     return v
 
 
-def _drop_difference(rows: dict, column: str, base: str) -> Estimate | None:
-    """Per seed: (adversary's drop) - (legitimate user's drop) from the undefended column ``base``."""
+def _drop_difference(rows: dict, column: str, base: str) -> Difference | None:
+    """(adversary's drop) - (legitimate user's drop) from the undefended column ``base``: per seed when the
+    four cells share their seeds, else Welch over the four means."""
     adv, leg = rows.get("adversary", {}), rows.get("legitimate", {})
-    seeds = sorted(set(adv.get(column, {})) & set(adv.get(base, {})) & set(leg.get(column, {}))
-                   & set(leg.get(base, {})))
-    return estimate([(adv[base][s] - adv[column][s]) - (leg[base][s] - leg[column][s]) for s in seeds])
+    return contrast([(1.0, adv.get(base, {})), (-1.0, adv.get(column, {})),
+                     (-1.0, leg.get(base, {})), (1.0, leg.get(column, {}))])
 
 
 def noise_claims(data: dict) -> list[tuple[str, str, str]]:
@@ -56,9 +66,8 @@ def noise_claims(data: dict) -> list[tuple[str, str, str]]:
             base, top = columns[0], columns[-1]
             e = _drop_difference(rows, top, base)
             claim = f"{what} hurts the adversary more than the legitimate user ({scale}, {top} vs {base})"
-            evidence = (f"adversary's drop minus the legitimate user's: {e} points over {e.n} seeds"
-                        if e else "no data")
-            out.append((claim, sign_verdict(e), evidence))
+            evidence = f"adversary's drop minus the legitimate user's: {describe(e, ' points')}"
+            out.append((claim, exceeds(e), evidence))
     return out
 
 
@@ -142,7 +151,8 @@ def detection_lines(records: list[dict], ref: dict, scale: str, out_dir: Path) -
 def pow_lines(records: list[dict], bench: list[dict]) -> list[str]:
     lines = []
     if bench:
-        lines += ["Measured solve time by puzzle bits k (`bench/pow_bench.py`, pure-Python SHA-256 on one core):", "",
+        lines += [("Measured solve time by puzzle bits k (`bench/pow_bench.py`, a Python loop over hashlib's "
+                   "SHA-256 (C), one core):"), "",
                   "| k | expected hashes 2^k | mean hashes | mean solve s | hashes/s |", "|---|---|---|---|---|"]
         for r in sorted(bench, key=lambda r: r["config"]["bits"]):
             m = r["metrics"]
@@ -209,12 +219,11 @@ def sybil_records_by_cell(records: list[dict]) -> dict:
     hashes}}} from the Sybil table's records (``what=probe``: the stolen encoder's probe;
     ``what=accounts``: ``sybil.py``'s per-account statistics); the last record of a cell and seed wins."""
     cells: dict = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        if r.get("table") not in SYBIL_TABLES or r.get("what") not in ("probe", "accounts"):
-            continue
+    records = [r for r in records if r.get("table") in SYBIL_TABLES and r.get("what") in ("probe", "accounts")]
+    for r, unit in zip(records, pairing_units(records)):
         k = int(r["accounts"])
         key = (r.get("scale", "?"), r["defense"], "views" if k == 1 else r["split"], k)
-        cell = cells[key][str(r.get("seed"))]
+        cell = cells[key][unit]
         if r["what"] == "probe":
             cell.update(top1=float(r["metrics"]["top1"]), n_test=int(r["metrics"]["n_test"]))
             continue
@@ -228,11 +237,12 @@ def sybil_records_by_cell(records: list[dict]) -> dict:
     return cells
 
 
-def _paired(cells: dict, a: tuple, b: tuple, field: str) -> Estimate | None:
-    """Per seed: cell ``a``'s ``field`` minus cell ``b``'s (the same victim and seed)."""
+def _paired(cells: dict, a: tuple, b: tuple, field: str) -> Difference | None:
+    """Cell ``a``'s ``field`` minus cell ``b``'s by the rule: paired by seed (the same victim and seed) when
+    the cells share their seeds, else Welch."""
     ca, cb = cells.get(a, {}), cells.get(b, {})
-    seeds = sorted(s for s in set(ca) & set(cb) if field in ca[s] and field in cb[s])
-    return estimate([ca[s][field] - cb[s][field] for s in seeds])
+    return difference({s: c[field] for s, c in ca.items() if field in c},
+                      {s: c[field] for s, c in cb.items() if field in c})
 
 
 def sybil_claims(records: list[dict]) -> list[tuple[str, str, str]]:
@@ -258,8 +268,8 @@ def sybil_claims(records: list[dict]) -> list[tuple[str, str, str]]:
                  f"flagged more than with its views on different accounts ({scale}, K={top})",
                  (scale, "detect", "images", top), many["detect"], "flagged", "points of flagged %")):
             e = _paired(cells, a, b, field)
-            evidence = f"difference {e} {unit} over {e.n} seed(s) (paired, 95% CI)" if e else "no data"
-            out.append((claim, sign_verdict(e), evidence))
+            evidence = f"difference {describe(e, ' ' + unit)}, 95% CI"
+            out.append((claim, exceeds(e), evidence))
     return out
 
 

@@ -10,7 +10,24 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from reports.stats import FAILS, HOLDS, INCONCLUSIVE, Estimate, compare, estimate, save_plot
+from reports.stats import (
+    EQUIVALENCE_MARGIN,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Difference,
+    Estimate,
+    all_of,
+    difference,
+    equivalent,
+    estimate,
+    exceeds,
+    interval90,
+    not_above,
+    one_sample,
+    pairing_units,
+    save_plot,
+)
 
 OWNERSHIP_TABLES = ("table4", "table16", "table17", "table18", "table19", "table20")
 ROWS = {"victim": "watermarked victim (itself)", "independent": "independent encoder", "random": "random init",
@@ -19,11 +36,12 @@ LOSS_NAMES = {"mse": "MSE", "softnn": "SoftNN", "infonce": "InfoNCE"}
 
 
 def ownership_records(records: list[dict]) -> dict:
-    """{(table, scale): {row: {seed: record}}}, the last record of a table/row/seed winning."""
+    """{(table, scale): {row: {unit: record}}}, the unit being the seed (:func:`reports.stats.pairing_units`:
+    ``seed@victim`` where a table holds several victims at one seed); the last record of a unit wins."""
     out: dict = defaultdict(lambda: defaultdict(dict))
-    for r in records:
-        if r.get("what") == "ownership" and r.get("table") in OWNERSHIP_TABLES:
-            out[(r["table"], r.get("scale", "?"))][r["row"]][str(r.get("seed"))] = r
+    records = [r for r in records if r.get("what") == "ownership" and r.get("table") in OWNERSHIP_TABLES]
+    for r, unit in zip(records, pairing_units(records)):
+        out[(r["table"], r.get("scale", "?"))][r["row"]][unit] = r
     return out
 
 
@@ -73,84 +91,112 @@ def _row_order(rows: dict) -> list[str]:
 # ----------------------------------------------------------------------------- claims
 
 
+def _by_unit(seeds: dict, test: str, key: str) -> dict:
+    """{unit: one statistic of a row's records} (the seeds where the test recorded it)."""
+    return {u: r["metrics"][test][key] for u, r in seeds.items()
+            if test in r["metrics"] and r["metrics"][test].get(key) is not None}
+
+
+def _wsr_claims(t4: dict) -> list[tuple[str, str, str]]:
+    """Table 4: the independent encoder near chance, the victim far above it, each copy above it."""
+    out = []
+    ind_units = _by_unit(t4.get("independent", {}), "wsr", "wsr_suspect")
+    ind = _est(t4.get("independent", {}), "wsr", "wsr_suspect")
+    chance = one_sample(ind_units, 50.0)
+    out.append((f"An independently trained encoder's WSR is near 50% (within ±{EQUIVALENCE_MARGIN:g} points: "
+                f"equivalence)", equivalent(chance),
+                f"independent {_fmt(ind)}%; minus 50: {chance} ({interval90(chance)}; {chance.how})"
+                if chance else "no data"))
+    vic = _est(t4.get("victim", {}), "wsr", "wsr_suspect")
+    d = difference(_by_unit(t4.get("victim", {}), "wsr", "wsr_suspect"), ind_units)
+    out.append(("The watermarked victim's WSR is far above the independent encoder's", exceeds(d),
+                f"victim {_fmt(vic)}% vs independent {_fmt(ind)}%; victim − independent "
+                + (f"{d} points ({d.how})" if d else "no data")))
+    copies = {row: seeds for row, seeds in t4.items() if row not in ROWS}
+    diffs = {row: difference(_by_unit(seeds, "wsr", "wsr_suspect"), ind_units) for row, seeds in sorted(copies.items())}
+    significant = {row: sum(1 for r in seeds.values() if (r["metrics"].get("ttest", {}).get("p") or 1) < 0.05)
+                   for row, seeds in copies.items()}
+    hows = {d.how for d in diffs.values() if d}
+    out.append(("Every stolen copy's WSR exceeds the independent encoder's (copy − independent over seeds; the "
+                "per-seed t-tests, p < 0.05, beside)", all_of([exceeds(d) for d in diffs.values()]),
+                "; ".join(f"{_name(r)}: {d or 'no data'} ({exceeds(d)}; t-test p < 0.05 in {significant[r]}/"
+                          f"{len(copies[r])} seeds)" for r, d in diffs.items()) + f" ({'; '.join(sorted(hows))})"
+                if copies else "no copies"))
+    return out
+
+
+def _cost_claim(probes: dict) -> list[tuple[str, str, str]]:
+    """Table 4's probes: the watermark's cost in downstream accuracy, a one-sided equivalence."""
+    plain, marked = probes.get("victim_plain", {}), probes.get("victim_watermarked", {})
+    if not plain or not marked:
+        return []
+    column = next(iter(plain))
+    cost = difference(plain[column], marked.get(column, {}))
+    return [(f"The watermark costs the victim at most {EQUIVALENCE_MARGIN:g} points of downstream accuracy "
+             "(one-sided equivalence on plain − watermarked)", not_above(cost),
+             f"top-1 on {column}: plain {estimate(plain[column].values())} vs watermarked "
+             f"{estimate(marked.get(column, {}).values())}; cost {cost} points "
+             + (f"({interval90(cost)}; {cost.how})" if cost else ""))]
+
+
 def ownership_claims(records: list[dict], data: dict, scale: str = "cpu") -> list[tuple[str, str, str]]:
-    """The issue's acceptance claims, checked on Table 4 and Table 18 at ``scale``."""
+    """The issue's acceptance claims, checked on Tables 4, 17, 18 and 20 at ``scale`` by the one rule
+    (:mod:`reports.stats`; rows of a table share their seeds, so paired by seed)."""
     own = ownership_records(records)
     t4, t18 = own.get(("table4", scale), {}), own.get(("table18", scale), {})
     t17, t20 = own.get(("table17", scale), {}), own.get(("table20", scale), {})
     out = []
     if t4:
-        ind = _est(t4.get("independent", {}), "wsr", "wsr_suspect")
-        lo_hi = "-" if ind is None else f"{ind.low:.1f}-{ind.high:.1f}"
-        near = INCONCLUSIVE if ind is None or ind.n < 2 else (
-            HOLDS if ind.low >= 45 and ind.high <= 55 else FAILS if ind.high < 45 or ind.low > 55 else INCONCLUSIVE)
-        out.append(("An independently trained encoder's WSR is near 50% (its 95% interval inside 45-55%)", near,
-                    f"independent {_fmt(ind)}% (interval {lo_hi}), {ind.n if ind else 0} seeds"))
-        vic = _est(t4.get("victim", {}), "wsr", "wsr_suspect")
-        out.append(("The watermarked victim's WSR is far above the independent encoder's", compare(vic, ind),
-                    f"victim {_fmt(vic)}% vs independent {_fmt(ind)}%"))
-        copies = {row: seeds for row, seeds in t4.items() if row not in ROWS}
-        significant = {row: sum(1 for r in seeds.values() if (r["metrics"].get("ttest", {}).get("p") or 1) < 0.05)
-                       for row, seeds in copies.items()}
-        n_seeds = max((len(s) for s in copies.values()), default=0)
-        best = [row for row, k in significant.items() if n_seeds and k == n_seeds]
-        verdict = HOLDS if best else (FAILS if copies and not any(significant.values()) else INCONCLUSIVE)
-        out.append(("A stolen copy's WSR exceeds the independent encoder's with p < 0.05 (one-sided t-test, per "
-                    "seed)", verdict, "; ".join(f"{_name(r)}: {k}/{len(copies[r])} seeds"
-                                                for r, k in sorted(significant.items())) or "no copies"))
-        probes = data.get(("table4", scale), {})
-        plain, marked = probes.get("victim_plain", {}), probes.get("victim_watermarked", {})
-        if plain and marked:
-            column = next(iter(plain))
-            seeds = sorted(set(plain[column]) & set(marked.get(column, {})))
-            diff = estimate([plain[column][s] - marked[column][s] for s in seeds])
-            small = INCONCLUSIVE if diff is None or diff.n < 2 else (
-                HOLDS if diff.high <= 5 else FAILS if diff.low > 5 else INCONCLUSIVE)
-            out.append(("The watermark costs the victim little downstream accuracy (same seed; cost under 5 "
-                        "points)", small, f"top-1 on {column}: plain {estimate([plain[column][s] for s in seeds])}"
-                        f" vs watermarked {estimate([marked[column][s] for s in seeds])}; cost {diff} points"))
+        out += _wsr_claims(t4)
+        out += _cost_claim(data.get(("table4", scale), {}))
     if t18:
-        rows = [r for r in t18 if r.startswith("mse_")]
-        evidence, verdicts = [], []
-        for row in sorted(rows):
-            d_s, d_i = _est(t18[row], "l2", "mean_d_suspect"), _est(t18[row], "l2", "mean_d_independent")
-            verdicts.append(compare(d_i, d_s))
-            evidence.append(f"{_name(row)} {_fmt(d_s, 2)} vs independent {_fmt(d_i, 2)} ({_verdicts(t18[row], 'l2')})")
+        rows = sorted(r for r in t18 if r.startswith("mse_"))
+        diffs = [(row, difference(_by_unit(t18[row], "l2", "mean_d_independent"),
+                                  _by_unit(t18[row], "l2", "mean_d_suspect"))) for row in rows]
         if rows:
-            verdict = HOLDS if verdicts and all(v == HOLDS for v in verdicts) else (
-                FAILS if FAILS in verdicts else INCONCLUSIVE)
-            out.append(("An MSE-stolen copy is closer to the victim in l2 than an independent model", verdict,
-                        "; ".join(evidence)))
+            out.append(("An MSE-stolen copy is closer to the victim in l2 than an independent model",
+                        all_of([exceeds(d) for _, d in diffs]),
+                        "; ".join(f"{_name(row)} {_fmt(_est(t18[row], 'l2', 'mean_d_suspect'), 2)} vs independent "
+                                  f"{_fmt(_est(t18[row], 'l2', 'mean_d_independent'), 2)}, independent − copy "
+                                  f"{_fmt_diff(d)}; per-seed tests: {_verdicts(t18[row], 'l2')}" for row, d in diffs)))
     if t17:
         verdicts, evidence = [], []
         for loss in LOSS_NAMES:
             rot, std = t17.get(f"{loss}_rotation", {}), t17.get(f"{loss}_standard", {})
-            seeds = sorted(set(rot) & set(std))
-            diff = estimate([rot[k]["metrics"]["wsr"]["wsr_suspect"] - std[k]["metrics"]["wsr"]["wsr_suspect"]
-                             for k in seeds if "wsr" in rot[k]["metrics"] and "wsr" in std[k]["metrics"]])
+            diff = difference(_by_unit(rot, "wsr", "wsr_suspect"), _by_unit(std, "wsr", "wsr_suspect"))
             if diff is not None:
-                verdicts.append(INCONCLUSIVE if diff.n < 2 else HOLDS if diff.low > 0 else
-                                FAILS if diff.high < 0 else INCONCLUSIVE)
+                verdicts.append(exceeds(diff))
                 evidence.append(f"{LOSS_NAMES[loss]} {_fmt(_est(rot, 'wsr', 'wsr_suspect'))}% vs "
-                                f"{_fmt(_est(std, 'wsr', 'wsr_suspect'))}% (paired gain {_fmt(diff)} points)")
+                                f"{_fmt(_est(std, 'wsr', 'wsr_suspect'))}% (gain {diff} points, {diff.how})")
         if verdicts:
-            verdict = HOLDS if all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else INCONCLUSIVE
-            out.append(("Rotating the attacker's queries raises the copy's WSR (Table 17: +Rotation above Standard, "
-                        "paired by seed)",
-                        verdict, "; ".join(evidence)))
+            out.append(("Rotating the attacker's queries raises the copy's WSR (Table 17: +Rotation above Standard)",
+                        all_of(verdicts), "; ".join(evidence)))
     if t20:
-        copies = {row: seeds for row, seeds in t20.items() if row not in ROWS}
-        flagged = {row: sum(1 for r in seeds.values() if r["metrics"].get("private_public", {}).get("verdict")
-                            == "stolen") for row, seeds in copies.items()}
-        if copies:
-            verdict = HOLDS if not any(flagged.values()) else FAILS if all(
-                k == len(copies[r]) for r, k in flagged.items()) else INCONCLUSIVE
-            out.append(("Dataset inference (private vs public training data, Table 20) misses copies of an SSL "
-                        "encoder", verdict, "; ".join(f"{_name(r)} flagged in {k}/{len(copies[r])} seeds"
-                                                      for r, k in sorted(flagged.items()))
-                        + f"; the independent encoder (trained on the same private data) in "
-                        f"{_verdicts(t20.get('independent', {}), 'private_public')}"))
+        out += _dataset_inference_claim(t20)
     return out
+
+
+def _dataset_inference_claim(t20: dict) -> list[tuple[str, str, str]]:
+    """Table 20: a count of what the per-seed test decided (the one kind of claim outside the rule)."""
+    copies = {row: seeds for row, seeds in t20.items() if row not in ROWS}
+    flagged = {row: sum(1 for r in seeds.values() if r["metrics"].get("private_public", {}).get("verdict")
+                        == "stolen") for row, seeds in copies.items()}
+    if not copies:
+        return []
+    verdict = HOLDS if not any(flagged.values()) else FAILS if all(
+        k == len(copies[r]) for r, k in flagged.items()) else INCONCLUSIVE
+    return [("Dataset inference (private vs public training data, Table 20) misses copies of an SSL encoder "
+             "(counted over the per-seed test verdicts)", verdict,
+             "; ".join(f"{_name(r)} flagged in {k}/{len(copies[r])} seeds" for r, k in sorted(flagged.items()))
+             + f"; the independent encoder (trained on the same private data) in "
+             f"{_verdicts(t20.get('independent', {}), 'private_public')}")]
+
+
+def _fmt_diff(d: Difference | None, digits: int = 2) -> str:
+    if d is None:
+        return "-"
+    hw = d.half_width
+    return f"{d.mean:+.{digits}f}" + ("" if hw is None else f" ± {hw:.{digits}f}") + f" ({d.how})"
 
 
 # ----------------------------------------------------------------------------- sections

@@ -4,15 +4,27 @@ Reads the records ``sslextract.py`` appends under ``scripts/tables.py sslextract
 pre-training method, column = the query fraction, one record per seed) and writes the table of
 top-1 / top-5 / agreement beside the study's numbers, a plot of top-1 against the fraction, and
 the claims: each self-supervised pre-training against none at the 1% fraction (the study's main
-claim, MoCo lifting 8.2% to 39.4%), and the gap at 100%. Differences are paired by seed (every
-method of a seed steals the same victim).
+claim, MoCo lifting 8.2% to 39.4%), and the gap at 100%. Claims follow the one statistics rule
+(:mod:`reports.stats`): paired by seed, since every method of a seed steals the same victim
+(Welch where the seeds differ).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
-from reports.stats import Estimate, estimate, mean_sd, save_plot, sign_verdict
+from reports.stats import (
+    Difference,
+    Estimate,
+    contrast,
+    describe,
+    difference,
+    estimate,
+    exceeds,
+    mean_sd,
+    pairing_units,
+    save_plot,
+)
 
 STUDY_TABLES = ("sslextract",)
 METHODS = ("none", "rotation", "moco", "simsiam")
@@ -20,11 +32,12 @@ NAMES = {"none": "none (supervised baseline)", "rotation": "rotation", "moco": "
 
 
 def study_records(records: list[dict]) -> dict:
-    """{scale: {method: {fraction: {seed: record}}}}, the last record of a cell and seed winning."""
+    """{scale: {method: {fraction: {unit: record}}}} (unit: the seed, :func:`reports.stats.pairing_units`),
+    the last record of a cell and seed winning."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-    for r in records:
-        if r.get("table") in STUDY_TABLES and "metrics" in r and "query_fraction" in r:
-            out[r.get("scale", "?")][r["row"]][float(r["query_fraction"])][str(r.get("seed"))] = r
+    records = [r for r in records if r.get("table") in STUDY_TABLES and "metrics" in r and "query_fraction" in r]
+    for r, unit in zip(records, pairing_units(records)):
+        out[r.get("scale", "?")][r["row"]][float(r["query_fraction"])][unit] = r
     return out
 
 
@@ -37,19 +50,22 @@ def _est(seeds: dict, key: str) -> Estimate | None:
     return estimate(_values(seeds, key))
 
 
-def paired_gap(cells: dict, a: str, b: str, fraction: float) -> Estimate | None:
-    """top-1 of method ``a`` minus method ``b`` at ``fraction``, paired by seed."""
-    x, y = cells.get(a, {}).get(fraction, {}), cells.get(b, {}).get(fraction, {})
-    seeds = sorted(set(x) & set(y))
-    return estimate([x[s]["metrics"]["top1"] - y[s]["metrics"]["top1"] for s in seeds])
+def _top1(cells: dict, method: str, fraction: float) -> dict:
+    """{unit: top-1} of one cell."""
+    return {u: r["metrics"]["top1"] for u, r in cells.get(method, {}).get(fraction, {}).items()}
 
 
-def _shrink(cells: dict, low: float, high: float) -> Estimate | None:
-    """Per seed, MoCo's gain over none at ``low`` minus its gain at ``high``."""
-    rows = [cells[m].get(f, {}) for m in ("moco", "none") for f in (low, high)]
-    seeds = sorted(set.intersection(*(set(r) for r in rows)))
-    top1 = [[r[s]["metrics"]["top1"] for r in rows] for s in seeds]
-    return estimate([(ml - nl) - (mh - nh) for ml, mh, nl, nh in ((t[0], t[1], t[2], t[3]) for t in top1)])
+def paired_gap(cells: dict, a: str, b: str, fraction: float) -> Difference | None:
+    """top-1 of method ``a`` minus method ``b`` at ``fraction`` by the rule (paired by seed when the two
+    cells share their seeds, else Welch)."""
+    return difference(_top1(cells, a, fraction), _top1(cells, b, fraction))
+
+
+def _shrink(cells: dict, low: float, high: float) -> Difference | None:
+    """MoCo's gain over none at ``low`` minus its gain at ``high`` (per seed when the four cells share
+    their seeds)."""
+    return contrast([(1.0, _top1(cells, "moco", low)), (-1.0, _top1(cells, "none", low)),
+                     (-1.0, _top1(cells, "moco", high)), (1.0, _top1(cells, "none", high))])
 
 
 def study_claims(records: list[dict], scale: str = "cpu") -> list[tuple[str, str, str]]:
@@ -65,18 +81,18 @@ def study_claims(records: list[dict], scale: str = "cpu") -> list[tuple[str, str
             continue
         gap = paired_gap(cells, method, "none", low)
         out.append((f"Classifier extraction: {NAMES[method]} pre-training beats no pre-training at the "
-                    f"{100 * low:g}% query fraction{headline}", sign_verdict(gap),
-                    f"top-1 mean ± std over {gap.n if gap else 0} seeds: {NAMES[method]} "
+                    f"{100 * low:g}% query fraction{headline}", exceeds(gap),
+                    f"top-1 mean ± std over seeds: {NAMES[method]} "
                     f"{mean_sd(_values(cells[method][low], 'top1'))}, "
-                    f"none {mean_sd(base.values if base else ())}; paired gap {gap}"))
+                    f"none {mean_sd(base.values if base else ())}; gap {describe(gap)}"))
     high = max(f for m in cells.values() for f in m)
     if high > low and "moco" in cells and high in cells["moco"] and high in cells["none"]:
         at_low, at_high = paired_gap(cells, "moco", "none", low), paired_gap(cells, "moco", "none", high)
         shrink = _shrink(cells, low, high)
         out.append((f"Classifier extraction: the gain of MoCo pre-training shrinks when {100 * high:g}% of the pool "
-                    f"is queried (the study: +31.2 points at 1%, +0.7 at 100%)", sign_verdict(shrink),
-                    f"paired top-1 gap MoCo − none: {at_low} at {100 * low:g}%, {at_high} at {100 * high:g}%; "
-                    f"the gap's drop, paired by seed: {shrink}"))
+                    f"is queried (the study: +31.2 points at 1%, +0.7 at 100%)", exceeds(shrink),
+                    f"top-1 gap MoCo − none: {at_low} at {100 * low:g}%, {at_high} at {100 * high:g}%; "
+                    f"the gap's drop: {describe(shrink)}"))
     return out
 
 
@@ -134,9 +150,8 @@ def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]
             lines.append(f"| {100 * f:g}% | {', '.join(map(str, queries))} | " + " | ".join(row) + " | "
                          + " ; ".join(f"{p[0]:.1f}/{p[1]:.1f}" if p else "-" for p in paper_cells) + " |")
         low = fractions[0]
-        verdicts = [f"{sign_verdict(paired_gap(cells, m, 'none', low))} for {NAMES[m]} "
-                    f"({paired_gap(cells, m, 'none', low)} points, paired by seed)"
-                    for m in METHODS[1:] if m in cells and low in cells[m]]
+        gaps = {m: paired_gap(cells, m, "none", low) for m in METHODS[1:] if m in cells and low in cells[m]}
+        verdicts = [f"{exceeds(d)} for {NAMES[m]} ({d} points, {d.how})" for m, d in gaps.items() if d]
         if "none" in cells and verdicts:
             lines += ["", f"The study's main claim, self-supervised pre-training beats none at {100 * low:g}% of the "
                       f"pool: **{'; '.join(verdicts)}**."]

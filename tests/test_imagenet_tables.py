@@ -80,7 +80,7 @@ def test_report_has_the_imagenet_sections(tmp_path):
     verdicts = [v for v, _ in claims.values()]
     assert len(claims) == 4 and verdicts == [stats.HOLDS] * 4, claims
     infonce_vs_mse = next(e for c, (v, e) in claims.items() if "InfoNCE steals" in c)
-    assert "1000_imagenet 3.0" in infonce_vs_mse
+    assert "1000_imagenet +3.0 ± 0.0 (paired by seed, 3 seeds)" in infonce_vs_mse
     best = next(e for c, (v, e) in claims.items() if "90%" in c)
     assert "infonce_1000_imagenet" in best  # (58 + s) / (61 + s): 95.1% of the victim on average
     # a copy below random fails the first claim

@@ -93,13 +93,19 @@ def test_ownership_claims_by_hand():
     recs = _records()
     claims = {c: (v, e) for c, v, e in ownership_claims(recs, paper_tables.collect(recs))}
     near = next(k for k in claims if "near 50%" in k)
-    # independent 49, 50, 51: mean 50, half-width t(0.975, 2) * 1 / sqrt(3) = 2.48 -> inside 45-55
-    assert claims[near][0] == "holds" and "50.0 ± 2.5" in claims[near][1]
+    # independent 49, 50, 51: mean 50; equivalence to 50 within ±2: the 90% interval, half-width
+    # t(0.95, 2) * 1 / sqrt(3) = 1.69, is 48.3 to 51.7, inside 48-52
+    assert claims[near][0] == "holds" and "50.0 ± 2.5" in claims[near][1] and "90% CI -1.7 to +1.7" in claims[near][1]
     assert claims[next(k for k in claims if "far above" in k)][0] == "holds"
-    assert claims[next(k for k in claims if "p < 0.05" in k)][0] == "holds"
+    assert claims[next(k for k in claims if "p < 0.05" in k)][0] == "holds"  # copy − independent: +9 at every seed
     cost = next(k for k in claims if "costs the victim" in k)
-    # plain 60, 61, 62; watermarked 58, 60, 62: cost 2, 1, 0 -> mean 1, interval 1 ± 2.5 -> under 5
-    assert claims[cost][0] == "holds" and "1.0 ± 2.5" in claims[cost][1]
+    # plain 60, 61, 62; watermarked 58, 60, 62: cost 2, 1, 0, paired by seed -> mean 1, 90% interval 1 ± 1.69
+    # reaches +2: "at most 2 points" is not shown (the old rule's 5-point bound said holds)
+    assert claims[cost][0] == "not shown" and "+1.0 ± 2.5" in claims[cost][1] and "+2.7" in claims[cost][1]
+    cheap = [dict(r, metrics={**r["metrics"], "top1": 60.0 + int(r["seed"]) + 0.5 * (int(r["seed"]) - 1)})
+             if r.get("row") == "victim_watermarked" else r for r in recs]  # cost 0.5, 0, -0.5: inside +2
+    cheap_claims = {c: v for c, v, _ in ownership_claims(cheap, paper_tables.collect(cheap))}
+    assert cheap_claims[cost] == "holds"
     assert claims[next(k for k in claims if "l2" in k)][0] == "holds"
     assert claims[next(k for k in claims if "Rotating" in k)][0] == "holds"  # 74-76 vs 63-65
     missed = next(k for k in claims if "misses copies" in k)

@@ -52,12 +52,18 @@ def test_confidence_interval_and_verdicts_by_hand():
     e = stats.estimate([60.0, 61.0, 62.0])  # mean 61, sd 1, t(0.975, 2) = 4.3027
     assert e.half_width == pytest.approx(4.3027 / 3 ** 0.5, rel=1e-4) and str(e) == "61.0 ± 2.5"
     assert str(stats.estimate([70.0])) == "70.0" and stats.estimate([70.0]).half_width is None
-    far, near = stats.estimate([70.0, 71.0, 72.0]), stats.estimate([62.0, 63.0, 64.0])
-    assert stats.compare(far, e) == "holds" and stats.compare(e, far) == "does not hold"
-    assert stats.compare(near, e) == "inconclusive"  # 63 +- 2.5 overlaps 61 +- 2.5
-    assert stats.compare(stats.estimate([70.0]), stats.estimate([60.0])) == "inconclusive"  # one seed: no interval
-    assert stats.at_least(stats.estimate([96.0, 96.5, 97.0]), 95.0) == "holds"
-    assert stats.at_least(stats.estimate([94.0, 96.0, 98.0]), 95.0) == "inconclusive"
+    # the rule (reports.stats): rows sharing their seeds are compared paired by seed
+    base, far = {"0": 60.0, "1": 61.0, "2": 62.0}, {"0": 70.0, "1": 71.0, "2": 72.0}
+    assert stats.exceeds(stats.difference(far, base)) == "holds"
+    assert stats.exceeds(stats.difference(base, far)) == "does not hold"
+    # +2 at every seed: the rows' intervals (63 ± 2.5, 61 ± 2.5) overlap, yet paired the gain is shown (the old
+    # rule, overlapping intervals, said inconclusive)
+    assert stats.exceeds(stats.difference({"0": 62.0, "1": 63.0, "2": 64.0}, base)) == "holds"
+    # +2, +2, -1: mean 1, sd sqrt(3), half-width 4.3027 * sqrt(3) / sqrt(3): the interval reaches below 0
+    assert stats.exceeds(stats.difference({"0": 62.0, "1": 63.0, "2": 61.0}, base)) == "inconclusive"
+    assert stats.exceeds(stats.difference({"0": 70.0}, {"0": 60.0})) == "inconclusive"  # one seed: no interval
+    assert stats.exceeds(stats.one_sample({"0": 96.0, "1": 96.5, "2": 97.0}), 95.0) == "holds"
+    assert stats.exceeds(stats.one_sample({"0": 94.0, "1": 96.0, "2": 98.0}), 95.0) == "inconclusive"
 
 
 def test_report_tables_claims_and_plots(results_dir):
