@@ -69,7 +69,14 @@ from attacks.imagenet import STEAL_LOSSES, view
 from data_aug import DATASETS
 from engine.distributed import Dist, add_job_args, default_workers, launch, run_ranks
 from engine.presets import preset_for, scale_of, stealsimsiam_run_dir
-from evaluation.cli import _random_encoder, load_downstream, print_table, reference_test_batch
+from evaluation.cli import (
+    _random_encoder,
+    load_downstream,
+    model_config,
+    print_table,
+    probe_config,
+    reference_test_batch,
+)
 from evaluation.probe import (
     REFERENCE_LR,
     REFERENCE_NUM_LABELED,
@@ -291,6 +298,8 @@ class Encoders:
             encoder, ckpt = self.load(path)
             cfg = ckpt.get("config") or {}
             extra = {k: cfg[k] for k in ("losstype", "num_queries", "datasetsteal") if k in cfg}
+            if cfg.get("useval") and extra.get("datasetsteal") == "imagenet":
+                extra["datasetsteal"] = "imagenetval"  # ImageNet's val/ folder: the query set the tables call so
             return encoder, str(path), self.size_of(encoder, ckpt), cfg.get("victim_checkpoint"), extra
         if modeltype == "victim":
             path = self.victim_path()
@@ -396,13 +405,16 @@ def evaluate(config: dict, dist: Dist) -> list[dict]:
         label = config["label"] if config["label"] and len(config["modeltype"]) == 1 else None
         name = label or modeltype
         metrics, how = probe_encoder(kind, modeltype, name, encoder, sets, size, config, dist)
+        trained = encoders.load(path)[1] if path else {}
         if dist.is_main:
             how["scale"] = scale
             record = {**tags, "script": "linsimsiam", "modeltype": modeltype, "label": label,
                       "dataset_test": dataset, "checkpoint": path, "victim_checkpoint": victim_ckpt,
                       "image_size": size, "native_size": train_set.image_size,
                       "eval_set": f"{test_set.split} ({len(test_set)} images)", "seed": config["seed"], "probe": how,
-                      "metrics": metrics, "processes": dist.world_size, "device": str(dist.device),
+                      "model_config": model_config(modeltype, path, trained.get("config")),
+                      "probe_config": probe_config(config), "metrics": metrics, "processes": dist.world_size,
+                      "device": str(dist.device),
                       **({"stolen_with": extra} if extra else {}), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             append_jsonl(out_path, record)
             records.append(record)

@@ -465,18 +465,37 @@ def redact_key(key: str) -> str:
     return key if key.startswith("...") else f"...{key[-4:]}"
 
 
+def redacted(config: dict) -> dict:
+    """A copy of a config fit for a file or record: paths as strings, API keys (``api_key``) cut to
+    their last 4 characters."""
+    clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+    if clean.get("api_key"):
+        keys = clean["api_key"]
+        clean["api_key"] = [redact_key(k) for k in keys] if isinstance(keys, (list, tuple)) else redact_key(keys)
+    return clean
+
+
 def write_config(run_dir: os.PathLike | str, config: dict) -> Path:
     """Write ``config.yaml`` into the run directory (atomically); API keys (``api_key``) are
     redacted to their last 4 characters whatever the caller passes."""
     import yaml
 
-    clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
-    if clean.get("api_key"):
-        keys = clean["api_key"]
-        clean["api_key"] = [redact_key(k) for k in keys] if isinstance(keys, (list, tuple)) else redact_key(keys)
     path = Path(run_dir) / "config.yaml"
-    atomic_write_text(path, yaml.safe_dump(clean, sort_keys=True))
+    atomic_write_text(path, yaml.safe_dump(redacted(config), sort_keys=True))
     return path
+
+
+def read_run_config(checkpoint: os.PathLike | str, fallback: Optional[dict] = None) -> dict:
+    """The training config of the run that wrote ``checkpoint``: its run directory's ``config.yaml``
+    (what the run was given and resolved), else ``fallback`` (the checkpoint's own copy), redacted."""
+    import yaml
+
+    path = Path(checkpoint).parent / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # unreadable: the checkpoint's own copy instead
+        config = None
+    return redacted(config if isinstance(config, dict) else dict(fallback or {}))
 
 
 def get_logger(run_dir: Optional[os.PathLike | str], name: str = "sslsteal",

@@ -43,6 +43,8 @@ from utils import (
     parse_tags,
     pick_device,
     read_jsonl,
+    read_run_config,
+    redacted,
     seed_everything,
     setup_threads,
     str2bool,
@@ -309,7 +311,9 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         record = {**tags, "modeltype": modeltype, "label": label, "dataset_test": dataset_test, "checkpoint": path,
                   "victim_checkpoint": config.get("victim_checkpoint"), "image_size": train_set.image_size,
                   "eval_set": f"{test_set.split} ({len(test_set)} images)", "seed": args.seed, "probe": how,
-                  "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "model_config": model_config(modeltype, path, config),
+                  "probe_config": probe_config(args), "metrics": metrics,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if args.save:
             record["probe_file"] = str(_save_eval_probe(probe, record, results_path))
         _write_record(results_path, record, replace=bool(args.clear) and not records)
@@ -320,6 +324,21 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         print_table(records)
     print(f"results {'written' if args.clear else 'appended'} to {results_path}")
     return records
+
+
+def model_config(modeltype: str, path: Optional[str], fallback: Optional[dict] = None) -> Optional[dict]:
+    """What the evaluated model is, for its record: the training config of the run that wrote its checkpoint
+    (:func:`utils.read_run_config`); a random or raw-pixel baseline trains nothing, so it names only the
+    checkpoint whose architecture (or images) it borrows."""
+    if modeltype in ("random", "pixels"):
+        return {"init": modeltype, "architecture_from": path}
+    return read_run_config(path, fallback) if path else None
+
+
+def probe_config(args: argparse.Namespace | dict) -> dict:
+    """The probe's own flags for its record (redacted; the record's tags are stored as fields already)."""
+    config = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return redacted({k: v for k, v in config.items() if k != "tag"})
 
 
 def _summarize(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from reports.captions import header
 from reports.stats import (
     Difference,
     contrast,
@@ -180,6 +181,10 @@ def pow_lines(records: list[dict], bench: list[dict]) -> list[str]:
     return lines
 
 
+def _records_of(records: list[dict], table: str, scale: str) -> list[dict]:
+    return [r for r in records if r.get("table") == table and r.get("scale", "?") == scale]
+
+
 def defense_sections(records: list[dict], data: dict, paper: dict, out_dir: Path) -> list[str]:
     """Markdown for every defense table present in the records."""
     lines: list[str] = []
@@ -188,10 +193,9 @@ def defense_sections(records: list[dict], data: dict, paper: dict, out_dir: Path
             if t != table:
                 continue
             ref = paper.get(table, {})
-            seeds = max((len(s) for r in rows.values() for s in r.values()), default=0)
-            lines += ["", f"## {ref.get('title', table)} — ours at `{scale}` scale", "",
-                      f"{seeds} seed(s); legitimate user and adversary tested on the 1,000 held-out images "
-                      "(at cpu scale: 1,000 queries each, the whole query pool).", ""]
+            lines += header(ref, table, scale, _records_of(records, table, scale))
+            lines += ["Legitimate user and adversary are tested on the same held-out images; the legitimate "
+                      "user's records carry no query or epoch count.", ""]
             lines += _accuracy_table(table, scale, rows, ref)
     by = defaultdict(list)
     for r in records:
@@ -199,7 +203,7 @@ def defense_sections(records: list[dict], data: dict, paper: dict, out_dir: Path
             by[(r["table"], r.get("scale", "?"))].append(r)
     for (table, scale), recs in sorted(by.items()):
         ref = paper.get(table, {})
-        lines += ["", f"## {ref.get('title', table)} — ours at `{scale}` scale", ""]
+        lines += header(ref, table, scale, recs)
         if table == "table13":
             lines += detection_lines(recs, ref, scale, out_dir)
         else:

@@ -31,7 +31,6 @@ def write_report(results_dir: Path, out: Path) -> Path:
         raise UserError(f"no results files (*.jsonl) in {results_dir}; run e.g. `bash scripts/table2.sh` first")
     records = [r for f in files for r in read_jsonl(f)]
     data = collect(records)
-    n_test = sizes_by_table(records, "n_test")
     train_sizes = {k: v[-1] for k, v in sizes_by_table(records, "victim_train_size").items()}
     paper = yaml.safe_load(PAPER.read_text())
     lines = ["# Reproduction report", "",
@@ -54,7 +53,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
                                      + sybil_claims(records) + ownership_claims(records, data)
                                      + study_claims(records)):
         lines.append(f"| {claim} | **{verdict}** | {evidence} |")
-    lines += main_table_sections(data, paper, n_test, train_sizes, out.parent,
+    lines += main_table_sections(data, paper, records, train_sizes, out.parent,
                                  skip=NOISE_TABLES + SYBIL_TABLES + OWNERSHIP_TABLES + STUDY_TABLES)
     lines += probe_lines(data)
     lines += defense_sections(records, data, paper, out.parent)

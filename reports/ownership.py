@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from reports.captions import header
 from reports.stats import (
     EQUIVALENCE_MARGIN,
     FAILS,
@@ -233,8 +234,8 @@ def ownership_sections(records: list[dict], data: dict, paper: dict, out_dir: Pa
     for (table, scale), rows in sorted(own.items(), key=lambda kv: (OWNERSHIP_TABLES.index(kv[0][0]), kv[0][1])):
         ref = paper.get(table, {})
         order = _row_order(rows)
-        n_seeds = max(len(s) for s in rows.values())
-        lines += ["", f"### {ref.get('title', table)} — ours at `{scale}` scale", "", f"{n_seeds} seed(s).", ""]
+        lines += header(ref, table, scale, [r for r in records if r.get("table") == table
+                                            and r.get("scale", "?") == scale], level="###")
         if table in ("table4", "table16", "table17"):
             lines += _wsr_table(table, rows, order, ref)
             if table == "table4":

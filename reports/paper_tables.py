@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from reports.captions import header, query_set_note
 from reports.stats import (
     EQUIVALENCE_MARGIN,
     FAILS,
@@ -479,10 +480,11 @@ def queries_section(table: str, scale: str, rows: dict, columns: list[str], ref:
     return lines + ["", "; ".join(notes)]
 
 
-def main_table_sections(data: dict, paper: dict, n_test: dict, train_sizes: dict, out_dir: Path,
+def main_table_sections(data: dict, paper: dict, records: list[dict], train_sizes: dict, out_dir: Path,
                         skip: tuple = ()) -> list[str]:
-    """One section per main table and scale, in the paper's order; tables in ``skip`` (the other
-    sections' tables) are left to their own modules."""
+    """One section per main table and scale, in the paper's order, each captioned from its own records
+    (:func:`reports.captions.header`); tables in ``skip`` (the other sections' tables) are left to their
+    own modules."""
     order = {t: i for i, t in enumerate(MAIN_ORDER)}
     lines: list[str] = []
     for (table, scale), rows in sorted(data.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
@@ -491,12 +493,12 @@ def main_table_sections(data: dict, paper: dict, n_test: dict, train_sizes: dict
         ref = paper.get(table, {})
         columns = sorted({c for cols in rows.values() for c in cols},
                          key=lambda c: list(rows.get("victim", {})).index(c) if c in rows.get("victim", {}) else 99)
-        sizes = n_test.get((table, scale))
-        lines += ["", f"## {ref.get('title', table)} — ours at `{scale}` scale", "",
-                  f"{seeds_of(rows)} seed(s); probe test set of {', '.join(f'{n:,}' for n in sizes) if sizes else '?'} "
-                  f"images.", ""]
+        own = [r for r in records if (r.get("table"), r.get("scale", "?")) == (table, scale)]
+        lines += header(ref, table, scale, own)
         if table in IMAGENET_TABLES:
             lines += [IMAGENET_NOTE.get(scale, ""), ""]
+            stale = query_set_note(own)
+            lines += [stale, ""] if stale else []
         if table == "efficiency" and train_sizes.get((table, scale)):
             lines += efficiency_section(rows, columns, ref, train_sizes[(table, scale)],
                                         out_dir / f"{table}_{scale}.png", scale)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from reports.captions import header
 from reports.stats import (
     Difference,
     Estimate,
@@ -125,10 +126,9 @@ def study_sections(records: list[dict], paper: dict, out_dir: Path) -> list[str]
         seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         png = out_dir / f"sslextract_{scale}.png"
         plot_study(cells, png, f"classifier extraction ({scale}): top-1 vs query fraction (95% CI)")
-        title = ref.get("title", "Classifier extraction with SSL pre-training")
-        lines += ["", f"## {title} — ours at `{scale}` scale",
-                  "",
-                  f"{seeds} seed(s) per cell; pool of {any_cell['pool']:,} images; test set of {any_cell['n_test']:,} "
+        lines += header({"title": "Classifier extraction with SSL pre-training", **ref}, "sslextract", scale,
+                        [r for r in records if r.get("table") == "sslextract" and r.get("scale", "?") == scale])
+        lines += [f"{seeds} seed(s) per cell; pool of {any_cell['pool']:,} images; test set of {any_cell['n_test']:,} "
                   f"held-out images; the victim answers `{any_cell['victim_output']}`; victim classifier top-1 "
                   f"{estimate(sorted(set(victims)))} (paper: {' / '.join(map(str, ref.get('victim', [])))}). "
                   "Cells: top-1 mean ± 95% CI / top-5 mean / agreement with the victim mean (%); the study's "

@@ -70,7 +70,8 @@ def test_report_has_the_imagenet_sections(tmp_path):
                                                                "seed": str(seed),
                                                                "metrics": {"top1": acc + seed, "n_test": 1000}})
     text = document.write_report(tmp_path, tmp_path / "REPORT.md").read_text()
-    assert "Table 3: ImageNet SimSiam ResNet50 victim" in text and "Table 8: ImageNet ResNet50 victim" in text
+    assert "Table 3: ImageNet SimSiam victim" in text and "Table 8: ImageNet victim" in text
+    assert "Paper: the published SimSiam ResNet50 victim, stolen at 224 px." in text
     assert "| mse_1000_imagenet | 56.0 ±" in text and "re-exported in SimSiam's checkpoint format" in text
     assert (tmp_path / "table8_cpu_queries.png").is_file()
     # the claims by hand: every seed shifts all rows alike, so paired differences have no spread

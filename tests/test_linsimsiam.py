@@ -21,7 +21,7 @@ from evaluation.probe import SGD_INIT_STD, assert_unchanged, fit_downstream, fit
 from models import build_encoder, load_encoder, save_checkpoint, save_simsiam
 from models.probe import fit_probe
 from tests.conftest import ROOT
-from utils import UserError, read_jsonl
+from utils import UserError, read_jsonl, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -206,3 +206,23 @@ def test_two_processes_match_one(world, tmp_path):
     for a, b in zip(one, two):
         assert a["modeltype"] == b["modeltype"] and a["metrics"]["n_train"] == b["metrics"]["n_train"]
         assert b["metrics"]["top1"] == pytest.approx(a["metrics"]["top1"], abs=0.5)
+
+
+def test_useval_copy_is_recorded_as_imagenetval_with_its_training_config(world, tmp_path):
+    """A copy stolen with ``--datasetsteal imagenet --useval True`` queried ImageNet's val folder: its record
+    says ``imagenetval`` (Table 3's row), and carries the run's config.yaml (API key redacted)."""
+    torch.manual_seed(3)
+    run = tmp_path / "stealsimsiam_mse_q100_imagenet_val"
+    config = {"dataset": "digits", "image_size": 16, "victim_checkpoint": str(world.victim), "losstype": "mse",
+              "num_queries": 100, "datasetsteal": "imagenet", "useval": True}
+    stolen = save_checkpoint(run / "checkpoint.pt", encoder=build_encoder("resnet18", stem="cifar", width=4,
+                                                                          mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                             kind="stolen", dataset="imagenet", config=config)
+    write_config(run, {**config, "epochs": 2, "lr": 0.4, "api_key": "key-abcd9876"})
+    (record,) = linsimsiam.main(["--pretrained", str(world.victim), "--checkpoint", str(stolen), "--dataset",
+                                 "digits", "--device", "cpu", "-j", "0", "--modeltype", "stolen", "--image-size",
+                                 "16", "--results", str(tmp_path / "r.jsonl")])
+    assert record["stolen_with"]["datasetsteal"] == "imagenetval"
+    assert record["model_config"]["epochs"] == 2 and record["model_config"]["useval"] is True
+    assert record["model_config"]["api_key"] == "...9876"
+    assert record["probe_config"]["dataset"] == "digits"

@@ -71,7 +71,7 @@ def test_report_tables_claims_and_plots(results_dir):
     text = out.read_text()
     # mean +- 95% CI over the three seeds, with the paper's value beside it
     assert "| MSE | 62.5 ± 1.2 | 52.5 ± 1.2 | 75.5 / 64.8 / 58.8 |" in text
-    assert "3 seed(s); probe test set of 1,000 images." in text
+    assert "3 seed(s) (0, 1, 2); test set 1,000 images" in text
     claims = [line for line in text.splitlines() if line.startswith("| ") and "**" in line and "|---" not in line]
     verdicts = {c.split(" | ")[0][2:]: c.split(" | ")[1] for c in claims}
     assert len(verdicts) == 8 and set(verdicts.values()) == {"**holds**"}, verdicts
