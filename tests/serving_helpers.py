@@ -1,4 +1,5 @@
 """Starting serve.py for real in tests: a free local port, a subprocess, a JSON POST helper."""
+import contextlib
 import json
 import os
 import socket
@@ -63,3 +64,16 @@ def tiny_victim_and_accounts(root, accounts: dict):
     keys = {name: serve.main(["accounts", "create", name, "--ledger", ledger, *flags])
             for name, flags in accounts.items()}
     return victim, ledger, keys
+
+
+@contextlib.contextmanager
+def tiny_server(root, accounts: dict, extra=()):
+    """A tiny victim, a ledger with ``accounts`` and serve.py over them, for a test module's fixture:
+    yields ``{"url", "keys", "victim", "ledger", "proc"}`` and stops the server afterwards."""
+    victim, ledger, keys = tiny_victim_and_accounts(root, accounts)
+    proc, url = start_server(victim, ledger, extra=extra)
+    try:
+        yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_helpers import start_server, tiny_victim_and_accounts
+from serving_helpers import tiny_server
 
 from service.ledger import Ledger, Replay
 from service.wire import Limits, RequestError, decode_array, decode_images, decode_png, parse_json
@@ -40,15 +40,9 @@ def fuzz(examples: int) -> settings:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    victim, ledger, keys = tiny_victim_and_accounts(tmp_path_factory.mktemp("fuzz"), {
-        "rich": [], "poor": ["--budget", "5"], "head": ["--head-access"]})
-    proc, url = start_server(victim, ledger)
-    try:
-        yield {"url": url, "keys": keys, "ledger": ledger,
-               "schema": schemathesis.openapi.from_url(url + "/openapi.json")}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tiny_server(tmp_path_factory.mktemp("fuzz"), {
+            "rich": [], "poor": ["--budget", "5"], "head": ["--head-access"]}) as s:
+        yield {**s, "schema": schemathesis.openapi.from_url(s["url"] + "/openapi.json")}
 
 
 def _usage(served, account):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from serving_helpers import post, start_server, tiny_victim_and_accounts
+from serving_helpers import post, start_server, tiny_server
 
 import serve
 from attacks.client import HTTPConnection, QueryClient
@@ -22,12 +22,9 @@ from utils import QueryBudgetExceeded, UserError
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    victim, ledger, keys = tiny_victim_and_accounts(tmp_path_factory.mktemp("serve"), {
-        "alice": ["--budget", "50"], "bob": [], "crowd": ["--budget", "1000"]})
-    proc, url = start_server(victim, ledger)
-    yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    with tiny_server(tmp_path_factory.mktemp("serve"), {
+            "alice": ["--budget", "50"], "bob": [], "crowd": ["--budget", "1000"]}) as served:
+        yield served
 
 
 def images(n, seed=0, size=8):

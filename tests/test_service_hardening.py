@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 import torch
-from serving_helpers import free_port, post, start_server, tiny_victim_and_accounts
+from serving_helpers import free_port, post, start_server, tiny_server
 from unwritable import read_only_dir
 
 import serve
@@ -28,12 +28,9 @@ ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    victim, ledger, keys = tiny_victim_and_accounts(tmp_path_factory.mktemp("hostile"), {
-        "mallory": ["--budget", "100"], "spare": ["--budget", "5"], "gone": [], "retry": [], "proxy": []})
-    proc, url = start_server(victim, ledger)
-    yield {"url": url, "keys": keys, "victim": victim, "ledger": ledger, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    with tiny_server(tmp_path_factory.mktemp("hostile"), {
+            "mallory": ["--budget", "100"], "spare": ["--budget", "5"], "gone": [], "retry": [], "proxy": []}) as s:
+        yield s
 
 
 def images(n, seed=0, size=8):

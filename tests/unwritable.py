@@ -15,15 +15,8 @@ def read_only_dir(path: Path):
     mounted there, else the folder made immutable (chattr +i); undone afterwards. Hides what the
     folder held while mounted."""
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        os.chmod(path, 0o555)
-        try:
-            yield path
-        finally:
-            os.chmod(path, 0o755)
-        return
-    if shutil.which("mount") and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                                                capture_output=True).returncode == 0:
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)]
+    if os.geteuid() == 0 and shutil.which("mount") and subprocess.run(mount, capture_output=True).returncode == 0:
         try:
             yield path
         finally:
